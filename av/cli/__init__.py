@@ -1,0 +1,1 @@
+"""The ``av`` command line. It only wires packages together; no package imports it."""

@@ -1,0 +1,1 @@
+"""Dataset adapters: logged drives (nuScenes format) in, Scenario values out."""

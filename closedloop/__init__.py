@@ -1,0 +1,1 @@
+"""closedloop: the batched simulator, behavior evaluator, baseline planners and closed-loop runs."""

@@ -1,0 +1,1 @@
+"""distill: Lightning systems and data modules for teacher training and teacher->student distillation."""

@@ -1,0 +1,1 @@
+"""safety: requirements, runtime monitors, traceability and monitor-diversity analysis."""

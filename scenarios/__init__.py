@@ -1,0 +1,1 @@
+"""scenarios: building Scenarios from logs, the scenario store, variants and adversarial search."""
