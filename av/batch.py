@@ -32,6 +32,9 @@ class ScenarioBatch:
       from point ``p`` to ``p + 1`` where both carry the same lane index.
     * ``lane_is_connector`` bool ``[B, L]``, ``lane_speed_limit`` ``[B, L]`` m/s (NaN unknown),
       ``lane_valid`` bool ``[B, L]``.
+    * ``lane_successors`` long ``[B, L, S]``: successor lane indices of each lane, -1 padded.
+    * ``lane_polygon_edges`` ``[B, Q, 4]`` (x0, y0, x1, y1) edges of every lane outline (closed),
+      ``lane_polygon_edge_lane`` long ``[B, Q]``: the lane each edge belongs to, -1 for padding.
     * ``route`` long ``[B, R]`` lane indices in driving order, -1 padded.
     * ``drivable_edges`` ``[B, E, 4]`` (x0, y0, x1, y1) of the drivable rings, ``drivable_edge_valid``.
     """
@@ -51,6 +54,9 @@ class ScenarioBatch:
     lane_is_connector: Tensor
     lane_speed_limit: Tensor
     lane_valid: Tensor
+    lane_successors: Tensor
+    lane_polygon_edges: Tensor
+    lane_polygon_edge_lane: Tensor
     route: Tensor
     drivable_edges: Tensor
     drivable_edge_valid: Tensor
@@ -82,16 +88,26 @@ def _pad(arrays: Sequence[np.ndarray], fill: float | int | bool, dtype: torch.dt
     return torch.from_numpy(out).to(dtype)
 
 
-def _ring_edges(s: Scenario) -> np.ndarray:
-    m = s.map
-    starts = m.drivable_ring_points
-    if len(starts) == 0:
+def ring_edges(points: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Edges ``[Q, 4]`` (x0, y0, x1, y1) of closed rings stored as CSR ``points``/``offsets``."""
+    if len(points) == 0:
         return np.zeros((0, 4))
-    # The next point in the same ring closes each ring back to its first point.
-    nxt = np.arange(1, len(starts) + 1)
-    ends = m.drivable_ring_offsets[1:]
-    nxt[ends - 1] = m.drivable_ring_offsets[:-1]
-    return np.concatenate([starts, starts[nxt]], axis=1)
+    # The next point in the same ring; the last point of each ring closes back to its first.
+    nxt = np.arange(1, len(points) + 1)
+    starts, ends = offsets[:-1], offsets[1:]
+    keep = ends > starts
+    nxt[ends[keep] - 1] = starts[keep]
+    return np.concatenate([points, points[nxt]], axis=1)
+
+
+def _successor_table(s: Scenario) -> np.ndarray:
+    m = s.map
+    counts = np.diff(m.lane_successor_offsets)
+    table = np.full((m.num_lanes, max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
+    rows = np.repeat(np.arange(m.num_lanes), counts)
+    cols = np.arange(len(m.lane_successors)) - np.repeat(m.lane_successor_offsets[:-1], counts)
+    table[rows, cols] = m.lane_successors
+    return table
 
 
 def collate(scenarios: Sequence[Scenario]) -> ScenarioBatch:
@@ -103,7 +119,11 @@ def collate(scenarios: Sequence[Scenario]) -> ScenarioBatch:
     lane_of_point = [
         np.repeat(np.arange(s.map.num_lanes), np.diff(s.map.lane_point_offsets)) for s in scenarios
     ]
-    edges = [_ring_edges(s) for s in scenarios]
+    edges = [ring_edges(s.map.drivable_ring_points, s.map.drivable_ring_offsets) for s in scenarios]
+    lane_edges = [ring_edges(s.map.lane_polygon_points, s.map.lane_polygon_offsets) for s in scenarios]
+    lane_of_edge = [
+        np.repeat(np.arange(s.map.num_lanes), np.diff(s.map.lane_polygon_offsets)) for s in scenarios
+    ]
     return ScenarioBatch(
         ids=tuple(s.id for s in scenarios),
         dt=float(scenarios[0].dt),
@@ -127,6 +147,9 @@ def collate(scenarios: Sequence[Scenario]) -> ScenarioBatch:
         lane_is_connector=_pad([s.map.lane_is_connector for s in scenarios], False, torch.bool),
         lane_speed_limit=_pad([s.map.lane_speed_limit for s in scenarios], np.nan, f32),
         lane_valid=_pad([np.ones(s.map.num_lanes, bool) for s in scenarios], False, torch.bool),
+        lane_successors=_pad([_successor_table(s) for s in scenarios], -1, torch.long),
+        lane_polygon_edges=_pad(lane_edges, 0.0, f32),
+        lane_polygon_edge_lane=_pad(lane_of_edge, -1, torch.long),
         route=_pad([s.route for s in scenarios], -1, torch.long),
         drivable_edges=_pad(edges, 0.0, f32),
         drivable_edge_valid=_pad([np.ones(len(e), bool) for e in edges], False, torch.bool),
