@@ -112,6 +112,8 @@ def _successor_table(s: Scenario) -> np.ndarray:
 
 def collate(scenarios: Sequence[Scenario]) -> ScenarioBatch:
     """Stack scenarios into one padded :class:`ScenarioBatch` (all must share ``dt``)."""
+    if not scenarios:
+        raise ValueError("cannot batch zero scenarios")
     dts = {round(s.dt, 9) for s in scenarios}
     if len(dts) != 1:
         raise ValueError(f"scenarios in one batch must share dt, got {sorted(dts)}")

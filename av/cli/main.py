@@ -9,6 +9,7 @@ from typing import Sequence
 
 import av
 from av.errors import AvError
+from av.types import ScenarioError
 
 # Each group module defines ``register(subparsers)`` and sets ``func`` on its parsers.
 GROUPS = ("data", "viz", "scenarios", "closedloop", "bench", "pipeline")
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
-    except AvError as e:
+    except (AvError, ScenarioError) as e:
         print(f"av: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
