@@ -1,0 +1,184 @@
+"""Behavior evaluator: nuPlan's closed-loop score (CLS) and NAVSIM's PDMS on batched rollouts.
+
+``evaluate(rollout)`` returns one ``[B]`` tensor per name in :data:`METRIC_NAMES`:
+
+* nuPlan (METRICS.md 1): ``no_collision``, ``drivable_area``, ``driving_direction``,
+  ``making_progress``, ``progress``, ``ttc``, ``speed_limit``, ``comfort`` and the scenario score
+  ``cls``. CLS-NR and CLS-R are the same formula on a log-replay or a reactive-agent rollout.
+* NAVSIM v1 (METRICS.md 2, on the first ``horizon_s_pdms`` of the simulated part, log-replayed
+  agents): ``pdms_nc``, ``pdms_dac``, ``pdms_ttc``, ``pdms_ep``, ``pdms_c``, ``pdms``.
+* Human-likeness: ``ade``, ``fde`` (m, simulated vs logged rear axle over the simulated part).
+* Report fields: ``at_fault_collisions`` / ``collisions`` (counts), ``first_at_fault_step`` (scenario
+  step, -1 if none), ``first_at_fault_time`` (s since the scenario start, NaN if none) and
+  ``first_at_fault_group`` (0 VRU, 1 vehicle, 2 object, -1),
+  ``drivable_area_time``, ``ttc_time`` (s, NaN if none), ``ddc_max_backward_m``, ``progress_ego_m``,
+  ``progress_expert_m``, ``comfort_failed`` (bit i = :data:`comfort.QUANTITIES` [i]),
+  ``pdms_progress_m``, ``pdms_reference_m``.
+
+:func:`reasons` turns such a dict into one sentence per scenario. Scenarios are processed in chunks
+of ``chunk`` (memory), each fully vectorised; results do not depend on the chunking. The evaluator
+runs on the CPU (rollouts on another device are copied chunk by chunk); results are deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import Tensor
+
+from av.batch import ScenarioBatch
+from av.errors import AvError
+from closedloop.evaluator import aggregate as agg
+from closedloop.evaluator import navsim, nuplan
+from closedloop.evaluator.aggregate import reasons
+from closedloop.rollout import Rollout
+
+NUPLAN_NAMES = (
+    "no_collision", "drivable_area", "driving_direction", "making_progress", "progress", "ttc",
+    "speed_limit", "comfort", "cls",
+)
+PDMS_NAMES = ("pdms_nc", "pdms_dac", "pdms_ttc", "pdms_ep", "pdms_c", "pdms")
+REPORT_NAMES = (
+    "ade", "fde", "at_fault_collisions", "collisions", "first_at_fault_step", "first_at_fault_time",
+    "first_at_fault_group",
+    "drivable_area_time", "ttc_time", "ddc_max_backward_m", "progress_ego_m", "progress_expert_m",
+    "comfort_failed", "pdms_progress_m", "pdms_reference_m",
+)
+METRIC_NAMES = NUPLAN_NAMES + PDMS_NAMES + REPORT_NAMES
+
+
+def _slice_batch(b: ScenarioBatch, sl: slice) -> ScenarioBatch:
+    return dataclasses.replace(
+        b, **{f.name: getattr(b, f.name)[sl] for f in dataclasses.fields(b) if f.name != "dt"}
+    ).to("cpu")
+
+
+def _slice_rollout(r: Rollout, sl: slice) -> Rollout:
+    """Scenarios ``sl`` of a rollout, on the CPU (where the evaluator runs)."""
+    changes = {
+        f.name: getattr(r, f.name)[sl].cpu()
+        for f in dataclasses.fields(r)
+        if isinstance(getattr(r, f.name), Tensor)
+    }
+    return dataclasses.replace(r, scenario=_slice_batch(r.scenario, sl), **changes)
+
+
+def _check(rollout: Rollout, horizon_s_pdms: float, reference_progress: Tensor | None) -> None:
+    B, T = rollout.step_valid.shape
+    if rollout.ego.shape[:2] != (B, T) or rollout.agents.shape[2] != T:
+        raise AvError(f"evaluate: rollout tensors disagree on [B, T] = {[B, T]}")
+    if rollout.scenario.batch_size != B or rollout.scenario.step_valid.shape[1] != T:
+        raise AvError(f"evaluate: rollout has [B, T] = {[B, T]} but its scenario batch does not")
+    if not (math.isfinite(horizon_s_pdms) and horizon_s_pdms > 0):
+        raise AvError(f"evaluate: horizon_s_pdms must be a positive number of seconds, got {horizon_s_pdms}")
+    if reference_progress is not None and tuple(reference_progress.shape) != (B,):
+        raise AvError(f"evaluate: reference_progress must have shape [{B}], got {list(reference_progress.shape)}")
+
+
+def _evaluate_chunk(rollout: Rollout, horizon_s: float, reference: Tensor | None) -> dict[str, Tensor]:
+    scene = nuplan.build_scene(rollout)
+    ms = nuplan.build_map_state(scene, rollout.scenario)
+    dt = scene.dt
+    start = rollout.start_step
+
+    # nuPlan
+    contacts = nuplan.no_at_fault_collisions(scene, ms)
+    nc = agg.nc_nuplan(contacts)
+    far = nuplan.drivable_area(scene, ms)
+    dac = (~agg.any_flag(far)).double()
+    ddc, backward = agg.ddc_score(nuplan.driving_direction(scene, ms))
+    prog = nuplan.progress(scene, ms)
+    ep, mp = agg.ep_mp(prog)
+    ttc_fail = nuplan.time_to_collision(scene, ms, contacts)
+    ttc = (~agg.any_flag(ttc_fail)).double()
+    sl = agg.sl_score(nuplan.speed_limit(scene, ms), dt)
+    c, comfort_bits = agg.comfort_score(nuplan.comfort(scene))
+    first_step, first_group = agg.first_at_fault(contacts)
+
+    # NAVSIM PDMS on the first horizon_s, log-replayed agents
+    horizon = navsim.horizon_mask(scene, horizon_s)
+    p_contacts = navsim.no_at_fault_collisions(scene, ms, horizon)
+    p_nc = agg.nc_pdms(p_contacts)
+    p_dac = (~agg.any_flag(navsim.drivable_area(ms, horizon))).double()
+    p_ttc = (~agg.any_flag(navsim.time_to_collision(scene, ms, horizon))).double()
+    raw = navsim.raw_progress(scene, ms, horizon).values.double()
+    ref = raw[:, 1] if reference is None else reference.double()
+    p_ep = agg.pdms_ep(raw[:, 0], p_nc * p_dac, ref)
+    p_c, _ = agg.comfort_score(navsim.comfort(scene, horizon))
+
+    disp = nuplan.displacement(scene)
+    d = torch.where(disp.valid, disp.values.double(), torch.zeros((), dtype=torch.float64))
+    n_disp = disp.valid.sum(1)
+    last = (n_disp - 1).clamp_min(0)
+    nan = torch.full_like(nc, math.nan)
+    return {
+        "no_collision": nc,
+        "drivable_area": dac,
+        "driving_direction": ddc,
+        "making_progress": mp,
+        "progress": ep,
+        "ttc": ttc,
+        "speed_limit": sl,
+        "comfort": c,
+        "cls": agg.cls_score(nc, dac, ddc, mp, ep, ttc, sl, c),
+        "pdms_nc": p_nc,
+        "pdms_dac": p_dac,
+        "pdms_ttc": p_ttc,
+        "pdms_ep": p_ep,
+        "pdms_c": p_c,
+        "pdms": agg.pdms_score(p_nc, p_dac, p_ttc, p_ep, p_c),
+        "ade": torch.where(n_disp > 0, d.sum(1) / n_disp.clamp_min(1), nan),
+        "fde": torch.where(n_disp > 0, d[torch.arange(d.shape[0]), last], nan),
+        "at_fault_collisions": contacts.at_fault.sum(1),
+        "collisions": (contacts.step >= 0).sum(1),
+        "first_at_fault_step": torch.where(first_step >= 0, start + first_step, -1),
+        "first_at_fault_time": agg.summarise_times(first_step, start, dt),
+        "first_at_fault_group": first_group,
+        "drivable_area_time": agg.summarise_times(agg.first_flag_step(far), start, dt),
+        "ttc_time": agg.summarise_times(agg.first_flag_step(ttc_fail), start, dt),
+        "ddc_max_backward_m": backward,
+        "progress_ego_m": prog.values[:, 0].double(),
+        "progress_expert_m": prog.values[:, 1].double(),
+        "comfort_failed": comfort_bits,
+        "pdms_progress_m": raw[:, 0],
+        "pdms_reference_m": ref,
+    }
+
+
+def evaluate(
+    rollout: Rollout,
+    horizon_s_pdms: float = 4.0,
+    reference_progress: Tensor | None = None,
+    chunk: int = 256,
+    threads: int | None = 1,
+) -> dict[str, Tensor]:
+    """Score a batch of rollouts: ``{name: [B] tensor}`` for every name in :data:`METRIC_NAMES`.
+
+    ``horizon_s_pdms``: PDMS horizon (s) from the start step. ``reference_progress`` ``[B]`` (m):
+    the PDM-Closed planner's raw centerline progress over that horizon, used as the PDMS EP
+    normaliser; by default the logged expert's progress stands in for it. ``chunk``: scenarios
+    evaluated at once (memory only). ``threads``: torch intra-op threads while evaluating (restored
+    afterwards; ``None`` keeps the caller's setting). The evaluator runs many small tensor ops, and
+    on a busy 2-core machine 2 threads measured 15x slower than 1 (threads waiting on each other).
+    """
+    _check(rollout, horizon_s_pdms, reference_progress)
+    B = rollout.step_valid.shape[0]
+    parts = []
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        with torch.no_grad():
+            step = max(int(chunk), 1)
+            for i in range(0, B, step):
+                sl = slice(i, min(i + step, B))
+                ref = None if reference_progress is None else reference_progress[sl]
+                parts.append(_evaluate_chunk(_slice_rollout(rollout, sl), horizon_s_pdms, ref))
+    finally:
+        torch.set_num_threads(previous)
+    return {k: torch.cat([p[k] for p in parts]) for k in METRIC_NAMES}
+
+
+__all__ = ["METRIC_NAMES", "evaluate", "reasons"]

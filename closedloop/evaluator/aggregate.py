@@ -1,0 +1,217 @@
+"""The one place that turns per-step / per-agent metric values into sub-scores and scores.
+
+Metric modules (:mod:`.nuplan`, :mod:`.navsim`, :mod:`.comfort`) return :class:`MetricValues` (and
+:class:`Contacts` for collisions); everything here reduces them to per-scenario ``[B]`` tensors with
+the exact thresholds and weights of METRICS.md (nuPlan CLS section 1, NAVSIM PDMS section 2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from av.types import AgentType
+from closedloop.evaluator.comfort import LABELS, QUANTITIES
+
+# Collision groups of nuPlan's NC (METRICS.md 1.3) and their allowances.
+VRU, VEHICLE, OBJECT = 0, 1, 2
+GROUP_NAMES = ("VRU", "vehicle", "object")
+ALLOWANCE = (0, 0, 1)
+
+TAU_PROGRESS_M = 2.0
+MAKING_PROGRESS_RATIO = 0.2
+DDC_COMPLIANT_M, DDC_VIOLATION_M = 2.0, 6.0
+OVERSPEED_NORMALISER = 2.23  # m/s
+PDM_PROGRESS_FLOOR_M = 5.0
+
+
+@dataclass(frozen=True)
+class MetricValues:
+    """Raw metric values with a validity mask of the same shape.
+
+    ``values`` ``[B, ...]`` (per step ``[B, T]``, per agent ``[B, N]``, per check and step
+    ``[B, C, T]`` ...); ``valid`` bool, same shape: entries that exist and were evaluated.
+    """
+
+    values: Tensor
+    valid: Tensor
+
+
+@dataclass(frozen=True)
+class Contacts:
+    """The first contact of the ego with each agent (later frames of it are never looked at).
+
+    ``step`` long ``[B, N]``: window step of the first overlap, -1 if none; ``kind`` long ``[B, N]``
+    (:class:`closedloop.evaluator.nuplan.CollisionType`, -1 if none); ``at_fault`` bool ``[B, N]``;
+    ``group`` long ``[B, N]``: VRU / VEHICLE / OBJECT, -1 for padding.
+    """
+
+    step: Tensor
+    kind: Tensor
+    at_fault: Tensor
+    group: Tensor
+
+
+def agent_group(agent_types: Tensor) -> Tensor:
+    """Collision group ``[B, N]`` of each :class:`AgentType` ``[B, N]`` (-1 for padding)."""
+    g = torch.full_like(agent_types, -1)
+    g = torch.where(agent_types == int(AgentType.VEHICLE), VEHICLE, g)
+    g = torch.where((agent_types == int(AgentType.PEDESTRIAN)) | (agent_types == int(AgentType.CYCLIST)), VRU, g)
+    return torch.where(agent_types == int(AgentType.STATIC), OBJECT, g)
+
+
+# ----------------------------------------------------------------------------- generic reductions
+def any_flag(m: MetricValues) -> Tensor:
+    """True ``[B]`` where a valid entry is set (all axes after the first are reduced)."""
+    return (m.values.bool() & m.valid).flatten(1).any(1)
+
+
+def first_flag_step(m: MetricValues) -> Tensor:
+    """First step ``[B]`` (last axis) with a valid set entry, -1 if none."""
+    hit = (m.values.bool() & m.valid)
+    hit = hit.flatten(1, -2).any(1) if hit.dim() > 2 else hit
+    idx = hit.to(torch.uint8).argmax(-1)
+    return torch.where(hit.any(-1), idx, torch.full_like(idx, -1))
+
+
+# ----------------------------------------------------------------------------- nuPlan sub-scores
+def nc_nuplan(c: Contacts) -> Tensor:
+    """NC ``[B]``: prod over groups of max(0, 1 - n_g / (allowance_g + 1)); 1 without at-fault contacts."""
+    score = torch.ones(c.at_fault.shape[0], dtype=torch.float64)
+    for g, allowance in enumerate(ALLOWANCE):
+        n = (c.at_fault & (c.group == g)).sum(1).double()
+        score = score * torch.clamp(1.0 - n / (allowance + 1), min=0.0)
+    return score
+
+
+def ddc_score(window_progress: MetricValues) -> tuple[Tensor, Tensor]:
+    """DDC ``[B]`` from the 1.1 s windowed signed progress ``[B, T]`` (m), and ``m = -min W`` ``[B]``."""
+    w = torch.where(window_progress.valid, window_progress.values.double(), torch.zeros((), dtype=torch.float64))
+    m = torch.clamp(-w.amin(1), min=0.0) + 0.0 if w.shape[1] else torch.zeros(w.shape[0], dtype=torch.float64)
+    score = torch.where(m < DDC_COMPLIANT_M, 1.0, torch.where(m < DDC_VIOLATION_M, 0.5, 0.0)).double()
+    return score, m
+
+
+def ep_mp(progress: MetricValues) -> tuple[Tensor, Tensor]:
+    """EP and MP ``[B]`` from ``progress`` ``[B, 2]`` = (ego, expert) route progress (m).
+
+    ``valid`` False (the expert was never on a lane) gives EP = MP = 1.
+    """
+    p_ego, p_exp = progress.values[:, 0].double(), progress.values[:, 1].double()
+    ep = torch.clamp(
+        torch.clamp(p_ego, min=TAU_PROGRESS_M) / torch.clamp(p_exp, min=TAU_PROGRESS_M), max=1.0
+    )
+    ep = torch.where(p_ego < -TAU_PROGRESS_M, 0.0, ep)
+    has = progress.valid.all(1)
+    ep = torch.where(has, ep, 1.0)
+    mp = (ep >= MAKING_PROGRESS_RATIO).double()
+    return ep, mp
+
+
+def sl_score(overspeed: MetricValues, dt: float) -> Tensor:
+    """SL ``[B]`` = max(0, 1 - sum(o) dt / (2.23 * duration)); 1 without over-speeding or duration <= 0."""
+    o = torch.where(overspeed.valid, overspeed.values.double(), torch.zeros((), dtype=torch.float64))
+    duration = (overspeed.valid.sum(1) - 1).double() * dt
+    loss = o.sum(1) * dt / (OVERSPEED_NORMALISER * duration.clamp_min(1e-12))
+    score = torch.clamp(1.0 - loss, min=0.0)
+    return torch.where(((o > 0).any(1)) & (duration > 0), score, 1.0)
+
+
+def comfort_score(within: MetricValues) -> tuple[Tensor, Tensor]:
+    """C ``[B]`` from per-check, per-sample flags ``[B, 6, T]`` (True = within bound), and a bit mask
+    ``[B]`` long of the failed checks (bit i = :data:`QUANTITIES` [i])."""
+    failed = (~within.values.bool() & within.valid).any(-1)  # [B, 6]
+    bits = (failed.long() * (2 ** torch.arange(failed.shape[1]))).sum(1)
+    return (~failed.any(1)).double(), bits
+
+
+def cls_score(nc: Tensor, dac: Tensor, ddc: Tensor, mp: Tensor, ep: Tensor, ttc: Tensor, sl: Tensor, c: Tensor) -> Tensor:
+    """nuPlan scenario score S = NC DAC MP DDC (5 EP + 5 TTC + 4 SL + 2 C) / 16."""
+    return nc * dac * mp * ddc * (5.0 * ep + 5.0 * ttc + 4.0 * sl + 2.0 * c) / 16.0
+
+
+# ----------------------------------------------------------------------------- NAVSIM PDMS sub-scores
+def nc_pdms(c: Contacts) -> Tensor:
+    """PDMS NC ``[B]``: min over at-fault contacts of 0 (vehicle, VRU) or 0.5 (static object)."""
+    per = torch.where(c.group == OBJECT, 0.5, 0.0).double()
+    per = torch.where(c.at_fault, per, torch.ones((), dtype=torch.float64))
+    return per.amin(1) if per.shape[1] else torch.ones(per.shape[0], dtype=torch.float64)
+
+
+def pdms_ep(raw: Tensor, multiplier: Tensor, reference: Tensor) -> Tensor:
+    """PDMS EP ``[B]`` (NAVSIM v1): masked = raw * NC * DAC, M = max(masked, reference progress);
+    masked / M if M > 5 m, else 1 where NC * DAC > 0 and 0 otherwise. All inputs ``[B]``, m."""
+    masked = raw.double() * multiplier.double()
+    best = torch.maximum(masked, reference.double())
+    ep = masked / best.clamp_min(1e-12)
+    return torch.where(best > PDM_PROGRESS_FLOOR_M, ep, (multiplier > 0).double())
+
+
+def pdms_score(nc: Tensor, dac: Tensor, ttc: Tensor, ep: Tensor, c: Tensor) -> Tensor:
+    """PDMS = NC DAC (5 TTC + 5 EP + 2 C) / 12 (DDC has weight 0 in v1)."""
+    return nc * dac * (5.0 * ttc + 5.0 * ep + 2.0 * c) / 12.0
+
+
+# ----------------------------------------------------------------------------- reports
+def first_at_fault(c: Contacts) -> tuple[Tensor, Tensor]:
+    """Step ``[B]`` of the first at-fault contact (-1 none) and the group ``[B]`` of its agent."""
+    big = torch.iinfo(torch.long).max
+    step = torch.where(c.at_fault, c.step, big)
+    first = step.amin(1) if step.shape[1] else torch.full((step.shape[0],), big)
+    agent = step.argmin(1) if step.shape[1] else torch.zeros(step.shape[0], dtype=torch.long)
+    has = first < big
+    group = torch.gather(c.group, 1, agent[:, None])[:, 0] if c.group.shape[1] else torch.full_like(first, -1)
+    return torch.where(has, first, -1), torch.where(has, group, -1)
+
+
+def _time(step: Tensor, start_time: Tensor, dt: float) -> Tensor:
+    return torch.where(step >= 0, start_time + step.double() * dt, torch.full_like(start_time, math.nan))
+
+
+def summarise_times(step: Tensor, start_step: Tensor, dt: float) -> Tensor:
+    """Seconds since the scenario start ``[B]`` of window steps ``[B]`` (NaN where -1)."""
+    return _time(step, start_step.double() * dt, dt)
+
+
+_NOTICEABLE = 5e-3  # continuous sub-scores (progress, speed limit) closer to 1 are not reported
+
+
+def reasons(scores: Mapping[str, Any]) -> list[str]:
+    """Why each scenario lost points, in words, reasons joined by "; " ("" when it lost none).
+
+    ``scores``: the dict returned by :func:`closedloop.evaluator.evaluate` (tensors or numpy arrays
+    ``[B]``); one string per scenario. Continuous sub-scores within 0.5 % of 1 are not reported.
+    """
+    out = []
+    B = scores["cls"].shape[0]
+    for i in range(B):  # report formatting only; every number was computed batched
+        r: list[str] = []
+        v = {k: float(t[i]) for k, t in scores.items()}
+        if v["no_collision"] < 1:
+            g = int(v["first_at_fault_group"])
+            what = GROUP_NAMES[g] if g >= 0 else "object"
+            what = {"VRU": "a pedestrian/cyclist", "vehicle": "a vehicle", "object": "a static object"}[what]
+            r.append(f"at-fault collision with {what} at t={v['first_at_fault_time']:.1f} s"
+                     f" ({int(v['at_fault_collisions'])} in total)")
+        if v["drivable_area"] < 1:
+            r.append(f"left drivable area at t={v['drivable_area_time']:.1f} s")
+        if v["driving_direction"] < 1:
+            r.append(f"drove against the lane direction ({v['ddc_max_backward_m']:.1f} m in 1.1 s)")
+        if v["making_progress"] < 1:
+            r.append(f"not making progress ({100 * v['progress']:.0f}% of the expert)")
+        elif v["progress"] < 1 - _NOTICEABLE:
+            r.append(f"progress {100 * v['progress']:.0f}% of the expert")
+        if v["ttc"] < 1:
+            r.append(f"time to collision under 0.95 s at t={v['ttc_time']:.1f} s")
+        if v["speed_limit"] < 1 - _NOTICEABLE:
+            r.append(f"speeding (speed-limit score {v['speed_limit']:.2f})")
+        if v["comfort"] < 1:
+            bits = int(v["comfort_failed"])
+            names = [LABELS[q] for j, q in enumerate(QUANTITIES) if bits >> j & 1]
+            r.append("comfort: " + ", ".join(names))
+        out.append("; ".join(r))
+    return out

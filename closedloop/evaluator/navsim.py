@@ -1,0 +1,158 @@
+"""NAVSIM v1 PDM score (PDMS) on a closed-loop rollout, as pure per-step functions (METRICS.md 2).
+
+NAVSIM scores one 4 s plan per scene; here the plan is the simulated ego itself: the first
+``H = horizon / dt + 1`` states (41 at 4 s, 0.1 s) of the simulated part, against **log-replayed**
+agents (the batch's logged agents, whatever the rollout's agent mode). Deviations, by design:
+
+* No LQR re-tracking: the rollout's states (already produced by our controller and bicycle model)
+  are scored directly; state 0 is the logged start state, as in NAVSIM.
+* EP: the centerline is the expert-route baseline (:func:`lanes.route_baseline`), and the
+  normaliser is the best of the logged expert's raw progress over the same steps and the agent's
+  masked progress, a stand-in for the PDM-Closed proposal unless a reference progress is passed.
+* No traffic lights (no red-light polygons), so nothing is skipped for them; DDC (weight 0 in v1)
+  is not computed. ROADBLOCK / INTERSECTION / CARPARK polygons are replaced by the lane / connector
+  polygons and the drivable rings (NONDRIV), and the intersection test by :mod:`.lanes`' proxy.
+* When a scenario has fewer than ``H`` simulated states, the available ones are scored.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from av.geometry import box_corners, boxes_overlap
+from closedloop.evaluator import comfort as comfort_mod
+from closedloop.evaluator import lanes
+from closedloop.evaluator.aggregate import Contacts, MetricValues
+from closedloop.evaluator.nuplan import (
+    AHEAD_DEG,
+    BEHIND_DEG,
+    EGO_STOPPED,
+    MapState,
+    Scene,
+    _agent_corners,
+    _half_diag,
+    _is_static,
+    classify_contacts,
+    first_step,
+    overlaps,
+    relative_angle,
+)
+
+TTC_OFFSETS = (0, 3, 6, 9)  # steps: 0, 0.3, 0.6, 0.9 s
+EGO_STOPPED_TTC = 0.005  # m/s, strict: v < 0.005 is skipped
+
+
+def horizon_mask(scene: Scene, horizon_s: float) -> Tensor:
+    """Steps ``0 .. H-1`` of the window, ``H = round(horizon_s / dt) + 1``: bool ``[B, min(H, W)]``."""
+    H = min(int(round(horizon_s / scene.dt)) + 1, scene.valid.shape[1])
+    return scene.valid[:, :H]
+
+
+def multiple_lanes(ms: MapState) -> Tensor:
+    """MULTI ``[B, W]``: more than one lane polygon holds a corner and none holds all four."""
+    any_c = ms.corner_in.any(2)
+    all_c = ms.corner_in.all(2)
+    return (any_c.sum(-1) > 1) & ~all_c.any(-1)
+
+
+def non_drivable(ms: MapState) -> Tensor:
+    """NONDRIV ``[B, W]``: some corner is in no lane polygon and outside the drivable rings."""
+    return (~ms.corner_in.any(-1) & ~ms.corner_drivable).any(-1)
+
+
+def no_at_fault_collisions(scene: Scene, ms: MapState, horizon: Tensor) -> Contacts:
+    """PDMS NC inputs: first contacts over the horizon ``[B, H]`` with the logged agents, typed as
+    nuPlan with "object stopped" taken at the object's first observed frame (within the 0.9 s after
+    the horizon too, as NAVSIM observes them) and MULTI or NONDRIV for lateral contacts."""
+    B, N, W = scene.log_agent_valid.shape
+    H = horizon.shape[1]
+    hit = overlaps(scene, scene.log_agents, scene.log_agent_valid, horizon)
+    first_seen = first_step(scene.log_agent_valid[:, :, : H + TTC_OFFSETS[-1]]).clamp_min(0)
+    v0 = torch.linalg.vector_norm(
+        torch.gather(scene.log_agents[..., 3:5], 2, first_seen[..., None, None].expand(B, N, 1, 2))[:, :, 0], dim=-1
+    )
+    stopped = (_is_static(scene) | (v0 <= EGO_STOPPED))[..., None].expand(B, N, W)
+    lateral_at_fault = multiple_lanes(ms) | non_drivable(ms)
+    return classify_contacts(scene, scene.log_agents, first_step(hit), stopped, lateral_at_fault)
+
+
+def drivable_area(ms: MapState, horizon: Tensor) -> MetricValues:
+    """Per step NONDRIV (bool ``[B, H]``); PDMS DAC is 0 if any is set (no tolerance)."""
+    return MetricValues(values=non_drivable(ms)[:, : horizon.shape[1]], valid=horizon)
+
+
+def time_to_collision(scene: Scene, ms: MapState, horizon: Tensor) -> MetricValues:
+    """Per step: a qualifying projected overlap (bool ``[B, W]``), NAVSIM v1 ``_calculate_ttc``.
+
+    For steps t in the horizon and offsets d in (0, 3, 6, 9): the ego box at t moved by
+    ``v_t * d * dt`` along its heading vs the logged boxes at ``t + d``. Steps with ``v_t < 0.005``
+    are skipped. An overlap qualifies if the object is ahead (< 30 deg) or, when the ego is in
+    multiple lanes, off the drivable area or in an intersection, not behind (<= 150 deg). The first
+    non-qualifying overlap with an object puts it on the ignore list for the rest of the horizon:
+    events are ordered by (t, d), so an object fails TTC iff its first qualifying event comes first.
+    """
+    B, N, W = scene.log_agent_valid.shape
+    H = horizon.shape[1]
+    wide = multiple_lanes(ms) | non_drivable(ms) | ms.rear_intersection
+    moving = (scene.speed[:, :H] >= EGO_STOPPED_TTC) & horizon
+    r = _half_diag(scene.dims[:, :2])[:, None, None] + _half_diag(scene.agent_sizes)[..., None]
+    big = len(TTC_OFFSETS) * (H + 1)
+    first_q = torch.full((B, N), big, dtype=torch.long)
+    first_nq = torch.full((B, N), big, dtype=torch.long)
+    yaw = scene.ego[..., 2]
+    direction = torch.stack([torch.cos(yaw), torch.sin(yaw)], -1)
+    for j, off in enumerate(TTC_OFFSETS):
+        S = min(H, W - off)  # ego steps t < S see object frames t + off < W
+        if S <= 0:
+            break
+        f = torch.arange(S)
+        shift = (scene.speed[:, :S] * off * scene.dt)[..., None] * direction[:, :S]
+        centre = scene.centre[:, :S] + shift  # [B, S, 2]
+        a = scene.log_agents[:, :, off : off + S]
+        d = torch.linalg.vector_norm(a[..., :2] - centre[:, None], dim=-1)
+        cand = (d <= r + 1e-3) & scene.log_agent_valid[:, :, off : off + S] & moving[:, None, :S]
+        b, n, t = cand.nonzero(as_tuple=True)
+        e_box = box_corners(centre[b, t], yaw[b, t], scene.dims[b, 0], scene.dims[b, 1])
+        hit = boxes_overlap(e_box, _agent_corners(a[b, n, t], scene.agent_sizes[b, n]))
+        b, n, t = b[hit], n[hit], t[hit]
+        phi = relative_angle(scene.ego[b, t, :2], yaw[b, t], a[b, n, t, :2])
+        qual = (phi < math.radians(AHEAD_DEG)) | (wide[b, t] & ~(phi > math.radians(BEHIND_DEG)))
+        order = f[t] * len(TTC_OFFSETS) + j
+        for target, sel in ((first_q, qual), (first_nq, ~qual)):
+            flat = target.view(-1)
+            flat.scatter_reduce_(0, (b * N + n)[sel], order[sel], "amin", include_self=True)
+    fails = first_q < first_nq
+    fail = torch.zeros(B, H + 1, dtype=torch.bool)
+    bf, nf = fails.nonzero(as_tuple=True)
+    fail[bf, first_q[bf, nf] // len(TTC_OFFSETS)] = True
+    return MetricValues(values=fail[:, :H], valid=horizon)
+
+
+def raw_progress(scene: Scene, ms: MapState, horizon: Tensor) -> MetricValues:
+    """Raw centerline progress ``max(0, s(c_last) - s(c_0))`` (m) of the ego and of the expert over
+    the horizon, ``[B, 2]``; ``valid`` False where there is no route (progress 0)."""
+    B = horizon.shape[0]
+    last = (horizon.sum(1) - 1).clamp_min(0)
+    bi = torch.arange(B)
+    pts = torch.stack(
+        [scene.centre[:, 0], scene.centre[bi, last], scene.expert_centre[:, 0], scene.expert_centre[bi, last]], 1
+    )
+    s = lanes.project_on_route(ms.baseline, pts)
+    raw = torch.stack([s[:, 1] - s[:, 0], s[:, 3] - s[:, 2]], 1).nan_to_num(0.0).clamp_min(0.0)
+    return MetricValues(values=raw, valid=ms.baseline.has_route[:, None].expand(B, 2))
+
+
+def comfort(scene: Scene, horizon: Tensor) -> MetricValues:
+    """Per check and sample over the horizon: inside the bounds with NAVSIM v1 windows, ``[B, 6, H]``.
+
+    Rear-axle accelerations (no centre shift): a_lon = a_x, a_lat = a_y.
+    """
+    H = horizon.shape[1]
+    ax, ay = scene.accel[:, :H, 0].double(), scene.accel[:, :H, 1].double()
+    ok, checked = comfort_mod.comfort_within_bounds(
+        ax, ay, torch.hypot(ax, ay), scene.ego[:, :H, 2].double(), horizon, scene.dt, comfort_mod.NAVSIM_V1
+    )
+    return MetricValues(values=ok, valid=checked)

@@ -1,0 +1,127 @@
+"""NAVSIM v1 PDMS on closed-loop rollouts: hand-built cases with known answers (METRICS.md 2, 6)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from av.types import AgentType
+from closedloop.evaluator import aggregate as agg
+from closedloop.evaluator import evaluate, navsim
+from closedloop.evaluator.nuplan import build_map_state, build_scene
+from conftest import road_map
+from test_metrics_nuplan import FRONT, W, Agent, parked, rollout, scenario, score, track, vehicle
+
+
+def test_pdms_aggregation_case_14() -> None:
+    one = torch.ones(1, dtype=torch.float64)
+    ep = agg.pdms_ep(torch.tensor([10.0]), one, torch.tensor([20.0]))  # PDM-Closed 20 m, agent 10 m
+    assert float(ep) == 0.5
+    assert float(agg.pdms_score(one, one, one, ep, one)) == pytest.approx(9.5 / 12)
+    ep = agg.pdms_ep(torch.tensor([3.0]), one, torch.tensor([4.5]))  # both under 5 m
+    assert float(ep) == 1.0 and float(agg.pdms_score(one, one, one, ep, one)) == 1.0
+    half = 0.5 * one
+    ep = agg.pdms_ep(torch.tensor([10.0]), half, torch.tensor([20.0]))  # agent NC = 0.5
+    assert float(ep) == 0.25
+    assert float(agg.pdms_score(half, one, one, ep, one)) == pytest.approx(0.34375)
+    assert float(agg.pdms_ep(torch.tensor([3.0]), 0 * one, torch.tensor([4.0]))) == 0.0
+
+
+def test_nuplan_aggregation_case_13() -> None:
+    one = torch.ones(1, dtype=torch.float64)
+    s = agg.cls_score(one, one, one, one, 0.5 * one, one, 0.8 * one, one)
+    assert float(s) == pytest.approx(0.79375, abs=1e-12)
+    s = agg.cls_score(one, one, 0.5 * one, one, 0.5 * one, one, 0.8 * one, one)
+    assert float(s) == pytest.approx(0.396875, abs=1e-12)
+
+
+def test_any_number_of_static_objects_costs_half() -> None:
+    T = 50
+    cones = [parked(T, x, y=1.0 if i % 2 else -1.0, kind=AgentType.STATIC, size=(0.5, 0.5))
+             for i, x in enumerate((12.0, 15.0, 18.0))]
+    out = score(track(T, v=5.0), cones)
+    assert out["pdms_nc"] == 0.5 and out["no_collision"] == 0.0
+    assert out["pdms"] == pytest.approx(0.5 * (5 * 0 + 5 * out["pdms_ep"] + 2) / 12)
+
+
+def test_collision_after_the_horizon_does_not_count() -> None:
+    T = 80
+    out = score(track(T, v=5.0), [parked(T, 30.0)])  # bumper reaches the car at ~5.3 s
+    assert out["no_collision"] == 0.0 and out["pdms_nc"] == 1.0
+    short = score(track(T, v=5.0), [parked(T, 30.0)], horizon_s_pdms=6.0)
+    assert short["pdms_nc"] == 0.0
+
+
+def test_ttc_reads_the_logged_future_not_an_extrapolation() -> None:
+    """A car 12 m ahead that the log moves towards the ego while its recorded velocity is 0: NAVSIM
+    sees the overlap at +0.9 s in the log; nuPlan's constant-velocity extrapolation does not."""
+    T = 12
+    ego = np.zeros((T, 5))
+    ego[0, 0], ego[:2, 3] = -1.0, 10.0  # moving only at the first simulated step
+    car = track(T, x0=FRONT + 12.0 + 2.25)
+    car[2:, 0] -= 4.0 * np.arange(1, T - 1)  # jumps 4 m per step towards the ego, velocity left 0
+    car[:2, 0] = FRONT + 12.0 + 2.25
+    out = score(ego, [vehicle(car)], history=1)
+    assert out["pdms_ttc"] == 0.0 and out["ttc"] == 1.0
+
+
+@pytest.mark.parametrize("delay,expected", [(0.0, 1.0), (1.0, 0.0)])
+def test_ttc_ignores_an_object_after_its_first_non_qualifying_overlap(delay: float, expected: float) -> None:
+    """A car comes diagonally from the left-behind across the path of a slow ego (in its lane). Its
+    first projected overlap is at ~35 deg (not ahead: it goes on the ignore list), so its later
+    overlaps straight ahead never count. Started 1 s further along, its first overlap is ahead."""
+    T = 60
+    t = np.arange(T) * 0.1 + delay
+    car = np.stack([-1.0 + 3.0 * t, 3.5 - 1.5 * t, 0 * t, 3.0 + 0 * t, -1.5 + 0 * t], 1)
+    out = score(track(T, v=0.5), [vehicle(car, size=(4.0, 1.8))])
+    assert out["pdms_ttc"] == expected
+
+
+def test_reference_progress_normalises_pdms_ep() -> None:
+    T = 60
+    s = scenario(track(T, v=5.0))  # 20 m over the 4 s horizon
+    r = rollout([s])
+    assert float(evaluate(r)["pdms_ep"][0]) == pytest.approx(1.0)
+    out = evaluate(r, reference_progress=torch.tensor([40.0]))
+    assert float(out["pdms_progress_m"][0]) == pytest.approx(20.0, abs=1e-3)
+    assert float(out["pdms_ep"][0]) == pytest.approx(0.5, abs=1e-4)
+    assert float(out["pdms"][0]) == pytest.approx((5 + 2.5 + 2) / 12, abs=1e-4)
+    assert float(evaluate(r, reference_progress=torch.tensor([3.0]))["pdms_ep"][0]) == pytest.approx(1.0)
+
+
+def test_expert_stands_in_for_pdm_closed() -> None:
+    T = 60
+    out = score(track(T, v=2.5), ego_log=track(T, v=5.0))  # half the expert's 20 m
+    assert out["pdms_ep"] == pytest.approx(0.5, abs=1e-3)
+    assert out["pdms_reference_m"] == pytest.approx(20.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("mode,pdms_nc", [("log", 0.0), ("idm", 1.0)])
+def test_reactive_rollouts_are_scored_against_logged_agents(mode: str, pdms_nc: float) -> None:
+    """The simulated agent swerves into the ego; in the log it stays in its lane."""
+    T = 40
+    s = scenario(track(T, v=5.0), [vehicle(track(T, x0=20.0, y=W))])
+    r = rollout([s], agent_mode=mode)
+    moved = r.agents.clone()
+    moved[0, 0, :, 1] = 0.0  # simulated: parked in the ego's lane
+    r = type(r)(**{**r.__dict__, "agents": moved})
+    out = evaluate(r)
+    assert float(out["no_collision"][0]) == 0.0
+    assert float(out["pdms_nc"][0]) == pdms_nc
+
+
+def test_lane_and_successor_straddle_is_multiple_lanes_for_navsim_only() -> None:
+    ego = track(30, x0=36.0, v=1.0)  # crosses lane 0 -> connector at x = 40
+    r = rollout([scenario(ego, map=road_map(120.0))])
+    scene = build_scene(r)
+    ms = build_map_state(scene, r.scenario)
+    multi = navsim.multiple_lanes(ms)[0]
+    assert bool(ms.in_lane.all()) and bool(multi.any()) and not bool(multi.all())
+    assert not bool(navsim.non_drivable(ms).any())
+
+
+def test_stopped_ego_is_never_ttc_checked() -> None:
+    T = 20
+    out = score(track(T), [Agent(AgentType.VEHICLE, (4.5, 1.9), track(T, x0=FRONT + 1.0 + 2.25))])
+    assert out["pdms_ttc"] == 1.0 and out["ttc"] == 1.0 and out["collisions"] == 0
