@@ -1,10 +1,179 @@
-"""``av scenarios``: (filled in by its feature)."""
+"""``av scenarios``: list the variant transforms, generate variants, search adversarial variants.
+
+* ``av scenarios transforms``: the registered transforms and their parameter ranges.
+* ``av scenarios variants --store STORE --per-scenario K --seed S --out STORE2``: K plausible
+  variants per scenario, with provenance, written with their parents (so that
+  ``av viz STORE2 VARIANT_ID --with-parent`` works); prints the counts and rejections as JSON.
+* ``av scenarios adversarial --store STORE --planner NAME --budget N --out STORE3``: variants on
+  which the planner fails and the reference planner does not (cross-entropy search scored by the
+  closed-loop simulator and evaluator: per-scenario CLS, non-reactive agents by default); writes
+  the solvable failures (and their parents) and prints the search report as JSON.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Sequence
+
+import numpy as np
+
+from av.cli.args import add_config_args, config_from_args
+from av.types import Scenario
+
+if TYPE_CHECKING:
+    from scenarios.adversarial import ScoreFn
+
+
+@dataclass(frozen=True)
+class VariantsOptions:
+    """Options of ``av scenarios variants``."""
+
+    store: Path = field(metadata={"help": "input scenario store"})
+    out: Path = field(metadata={"help": "output scenario store (written atomically)"})
+    per_scenario: int = field(default=4, metadata={"help": "variants per scenario"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    transforms: str = field(default="", metadata={"help": "comma-separated transforms (empty: all registered)"})
+    parents: bool = field(default=True, metadata={"help": "also write the parent scenarios"})
+
+
+@dataclass(frozen=True)
+class AdversarialOptions:
+    """Options of ``av scenarios adversarial`` (the search itself: ``SearchConfig``)."""
+
+    store: Path = field(metadata={"help": "input scenario store (the parents)"})
+    planner: str = field(metadata={"help": "registered planner to find failures of"})
+    out: Path = field(metadata={"help": "output scenario store for the solvable failures"})
+    budget: int = field(default=128, metadata={"help": "variants scored with the planner, in total"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    reference_planner: str = field(default="pdm_closed", metadata={"help": "planner that must still solve a variant"})
+    agents: Literal["log", "idm"] = field(
+        default="log", metadata={"help": "background agents: log replay (CLS-NR) or IDM (CLS-R)"})
+    batch_size: int = field(default=64, metadata={"help": "scenarios simulated at once"})
+    device: str = field(default="cpu", metadata={"help": "torch device for the simulation"})
+    parents: bool = field(default=True, metadata={"help": "also write the parents of the kept variants"})
+    family: str = field(default="", metadata={"help": "comma-separated search families (empty: all)"})
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("scenarios", help="scenarios commands")
-    p.add_subparsers(dest="scenarios_command", metavar="COMMAND", required=True)
+    from scenarios.adversarial import SearchConfig
+
+    p = sub.add_parser("scenarios", help="scenario variants and adversarial search")
+    s = p.add_subparsers(dest="scenarios_command", metavar="COMMAND", required=True)
+
+    tr = s.add_parser("transforms", help="list the registered variant transforms and their parameter ranges")
+    tr.set_defaults(func=_transforms)
+
+    var = s.add_parser("variants", help="generate plausible variants of every scenario of a store")
+    add_config_args(var, VariantsOptions)
+    var.set_defaults(func=_variants)
+
+    adv = s.add_parser("adversarial", help="search solvable variants on which a planner fails")
+    add_config_args(adv, AdversarialOptions)
+    add_config_args(adv, SearchConfig, skip=("families",))
+    adv.set_defaults(func=_adversarial)
+
+
+def _names(text: str, known: Sequence[str], what: str, option: str) -> list[str]:
+    from av.errors import AvError
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise AvError(f"{option}: unknown {what} {bad[0]!r}; choose from {', '.join(known)}")
+    return names
+
+
+def _transforms(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from scenarios.variants import Choice, get_transform, transform_names
+
+    table = Table(title="variant transforms")
+    for col in ("name", "adversarial", "parameters", "what it does"):
+        table.add_column(col)
+    for name in transform_names():
+        spec = get_transform(name)
+        ranges = {k: list(p.options) if isinstance(p, Choice) else [p.lo, p.hi] for k, p in spec.params.items()}
+        params = ", ".join(f"{k} in {r}" for k, r in ranges.items()) or "steps: [{transform, params}, ...]"
+        table.add_row(name, "yes" if spec.adversarial else "", params, spec.summary)
+    Console(width=200).print(table)
+    return 0
+
+
+def _variants(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from av.errors import AvError
+    from scenarios.store import read_store, write_store
+    from scenarios.variants import generate_variants, transform_names
+
+    opts = config_from_args(VariantsOptions, args)
+    if opts.out.resolve() == opts.store.resolve():
+        raise AvError(f"--out {opts.out}: must differ from --store")
+    names = _names(opts.transforms, transform_names(), "transform", "--transforms") or None
+    parents = read_store(opts.store)
+    variants, stats = generate_variants(parents, opts.per_scenario, opts.seed, names)
+    n = write_store(opts.out, [*(parents if opts.parents else []), *variants])
+    summary = {"store": str(opts.out), "written": n, "parents": len(parents), **stats.as_dict()}
+    print(json.dumps(summary, indent=2))
+    Console(stderr=True).print(
+        f"wrote {len(variants)} variants of {len(parents)} scenarios to {opts.out} "
+        f"({sum(stats.rejected.values())} candidates rejected)")
+    return 0
+
+
+def _adversarial(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from av.errors import AvError
+    from closedloop.planner import planner_names
+    from scenarios.adversarial import FAMILIES, SearchConfig, adversarial_search
+    from scenarios.store import read_store, write_store
+
+    opts = config_from_args(AdversarialOptions, args)
+    families = tuple(_names(opts.family, list(FAMILIES), "search family", "--family")) or tuple(FAMILIES)
+    config = config_from_args(SearchConfig, args, families=families)
+    for option, name in (("--planner", opts.planner), ("--reference-planner", opts.reference_planner)):
+        _names(name, planner_names(), "planner", option)
+    if opts.batch_size < 1:
+        raise AvError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    parents = read_store(opts.store)
+    score_fn = closedloop_scorer(opts.agents, opts.batch_size, opts.device)
+    variants, report = adversarial_search(
+        parents, score_fn, opts.planner, opts.budget, opts.seed, opts.reference_planner, config)
+    used = {v.provenance.parent_id for v in variants if v.provenance}
+    kept_parents = [p for p in parents if p.id in used] if opts.parents else []
+    write_store(opts.out, [*kept_parents, *variants])
+    print(json.dumps({"store": str(opts.out), "agents": opts.agents, **report.as_dict()}, indent=2))
+    Console(stderr=True).print(f"wrote {len(variants)} solvable failures of {opts.planner} to {opts.out}")
+    return 0
+
+
+def closedloop_scorer(agents: str, batch_size: int, device: str) -> "ScoreFn":
+    """``score_fn(scenarios, planner_name) -> CLS [len(scenarios)]``: the builtin simulator
+    (``agents`` background agents) and the evaluator, ``batch_size`` scenarios at a time."""
+    import torch
+
+    from av.batch import collate
+    from closedloop.evaluator import evaluate
+    from closedloop.planner import Planner, make_planner
+    from closedloop.sim import SimConfig, make_simulator
+
+    sim = make_simulator("builtin", SimConfig(agents=agents, record_plans=False))  # type: ignore[arg-type]
+    planners: dict[str, Planner] = {}
+
+    def score(scenarios: Sequence[Scenario], planner: str) -> np.ndarray:
+        if planner not in planners:
+            planners[planner] = make_planner(planner)
+        out = []
+        for i in range(0, len(scenarios), batch_size):
+            batch = collate(scenarios[i : i + batch_size]).to(device)
+            with torch.no_grad():
+                out.append(evaluate(sim.run(batch, planners[planner]))["cls"].double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+    return score
