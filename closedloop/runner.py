@@ -1,0 +1,394 @@
+"""The evaluation run: scenario store -> batches -> closed-loop simulation -> evaluator -> table.
+
+``run_eval(EvalConfig(store, planner, agents, out))`` simulates every scenario of the store with
+one planner and one background-agent mode, scores each rollout with the behavior evaluator and
+merges the rows into the run directory:
+
+* ``RUN_DIR/results.parquet``: one row per scenario x planner x agent mode, one column per
+  metric (``scenario_id``, ``planner``, ``agents`` first); ``schema_version`` in the file's
+  metadata. Rows of the same planner and agent mode are replaced, others kept.
+* ``RUN_DIR/summary.json``: one row per planner x agent mode with the scenario count, the mean
+  of every metric and its 95 % bootstrap confidence interval (fixed seed), and the worst
+  scenarios (lowest CLS) with the reasons they lost points and their GIF under ``media/``.
+* ``RUN_DIR/report.html`` (see :mod:`closedloop.report`), regenerated after every run.
+
+Each file is written atomically, and each planner x agent mode is committed as soon as it is
+done, so an interrupted multi-planner run keeps its finished results (``resume`` skips them).
+Runs are deterministic: the same store and settings give identical tables.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from av.batch import collate
+from av.errors import AvError
+from av.fileio import atomic_write_bytes, atomic_write_json
+from av.types import Scenario
+from closedloop.planner import Planner, make_planner
+from closedloop.rollout import Rollout
+from scenarios.store import iter_store, store_count
+
+SCHEMA_VERSION = 1
+RESULTS = "results.parquet"
+SUMMARY = "summary.json"
+MEDIA = "media"
+KEYS = ("scenario_id", "planner", "agents")
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation: ``planner`` with ``agents`` background agents on every scenario of ``store``."""
+
+    store: Path = field(metadata={"help": "scenario store directory"})
+    planner: str = field(metadata={"help": "registered planner name"})
+    out: Path = field(metadata={"help": "run directory (results, summary, report)"})
+    agents: Literal["log", "idm"] = field(
+        default="log", metadata={"help": "background agents: log replay (non-reactive) or IDM (reactive)"})
+    batch_size: int = field(default=64, metadata={"help": "scenarios simulated together"})
+    plan_every: int = field(default=1, metadata={"help": "call the planner every k steps (10 Hz steps)"})
+    worst: int = field(default=3, metadata={"help": "worst scenarios (lowest CLS) rendered per planner"})
+    device: str = field(default="cpu", metadata={"help": "torch device for simulation and planning"})
+    threads: int = field(default=0, metadata={
+        "help": "torch CPU threads during the run (0: torch's default; 1 is fastest for small batches)"})
+    resume: bool = field(default=False, metadata={"help": "skip planner x agent modes already in the run"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    report: bool = field(default=True, metadata={"help": "regenerate report.html after the run"})
+
+    def validate(self) -> "EvalConfig":
+        """Raise :class:`AvError` naming the first bad option; return ``self``."""
+        if self.threads < 0:
+            raise AvError(f"--threads must be >= 0, got {self.threads}")
+        for name in ("batch_size", "plan_every"):
+            if int(getattr(self, name)) < 1:
+                raise AvError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.worst < 0:
+            raise AvError(f"--worst must be >= 0, got {self.worst}")
+        if self.agents not in ("log", "idm"):
+            raise AvError(f"--agents must be 'log' or 'idm', got {self.agents!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise AvError(f"--device {self.device}: CUDA is not available on this machine")
+        return self
+
+
+@dataclass(frozen=True)
+class ResultTable:
+    """Per-scenario results: one row per scenario x planner x agent mode.
+
+    ``table`` is a :class:`pyarrow.Table` with the string columns :data:`KEYS` and one float64
+    column per metric (NaN where a metric is undefined for a scenario).
+    """
+
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def metrics(self) -> list[str]:
+        return [c for c in self.table.column_names if c not in KEYS]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self.table.to_pylist()
+
+    def column(self, name: str) -> np.ndarray:
+        return self.table.column(name).to_numpy(zero_copy_only=False)
+
+    def equals(self, other: "ResultTable") -> bool:
+        """Same columns in the same order and the same values (NaN equals NaN)."""
+        if self.table.schema != other.table.schema or len(self) != len(other):
+            return False
+        for name in self.table.column_names:
+            a, b = self.column(name), other.column(name)
+            same = np.array_equal(a, b, equal_nan=True) if a.dtype.kind == "f" else bool(np.all(a == b))
+            if not same:
+                return False
+        return True
+
+    def select(self, planner: str, agents: str) -> "ResultTable":
+        """The rows of one planner x agent mode."""
+        p = np.asarray(self.column("planner")) == planner
+        a = np.asarray(self.column("agents")) == agents
+        return ResultTable(self.table.filter(pa.array(p & a)))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _sim_and_eval() -> tuple[Any, Any, Any, Any]:
+    from closedloop.evaluator import evaluate, reasons
+    from closedloop.sim import SimConfig, make_simulator
+
+    return SimConfig, make_simulator, evaluate, reasons
+
+
+def _batches(store: Path, batch_size: int) -> Iterator[list[Scenario]]:
+    """Scenarios of ``store`` in store order, in lists of at most ``batch_size`` sharing ``dt``."""
+    pending: dict[float, list[Scenario]] = {}
+    for s in iter_store(store):
+        group = pending.setdefault(round(s.dt, 9), [])
+        group.append(s)
+        if len(group) == batch_size:
+            yield group
+            pending[round(s.dt, 9)] = []
+    for group in pending.values():
+        if group:
+            yield group
+
+
+@dataclass
+class _Worst:
+    """A scenario kept for rendering: its rollout slice (numpy, local frame) and its scores."""
+
+    scenario: Scenario
+    scores: dict[str, float]
+    reasons: list[str]
+    ego: np.ndarray
+    agents: np.ndarray
+    agent_valid: np.ndarray
+    planned: np.ndarray | None
+
+
+def _slice(rollout: Rollout, i: int, scenario: Scenario) -> tuple[np.ndarray, ...]:
+    T, N = scenario.num_steps, scenario.num_agents
+    planned = None if rollout.planned is None else rollout.planned[i, :T].cpu().numpy()
+    return (
+        rollout.ego[i, :T].cpu().numpy(),
+        rollout.agents[i, :N, :T].cpu().numpy(),
+        rollout.agent_valid[i, :N, :T].cpu().numpy(),
+        planned,
+    )
+
+
+def _rank_key(w: _Worst) -> tuple[float, str]:
+    cls = w.scores.get("cls", math.nan)
+    return (cls if math.isfinite(cls) else -1.0, w.scenario.id)
+
+
+def evaluate_planner(config: EvalConfig, planner: Planner) -> tuple[ResultTable, list[_Worst]]:
+    """Simulate and score every scenario of ``config.store`` with ``planner`` (no files written).
+
+    Returns the rows (sorted by scenario id) and the ``config.worst`` lowest-CLS scenarios among
+    those that lost points.
+    """
+    SimConfig, make_simulator, evaluate, reasons = _sim_and_eval()
+    sim = make_simulator("builtin", SimConfig(agents=config.agents, plan_every=config.plan_every,
+                                              record_plans=config.worst > 0))
+    total = store_count(config.store)
+    rows: list[dict[str, Any]] = []
+    worst: list[_Worst] = []
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=not config.progress, transient=True) as bar:
+        task = bar.add_task(f"{planner.name} / {config.agents}", total=total)
+        for k, chunk in enumerate(_batches(config.store, config.batch_size)):
+            bar.update(task, description=f"{planner.name} / {config.agents} batch {k + 1}")
+            batch = collate(chunk).to(config.device)
+            with torch.no_grad():
+                rollout = sim.run(batch, planner)
+                scores = {m: v.detach().double().cpu().numpy() for m, v in evaluate(rollout).items()}
+            why = reasons({m: torch.from_numpy(v) for m, v in scores.items()}) if config.worst > 0 else []
+            for i, s in enumerate(chunk):
+                row = {"scenario_id": s.id, "planner": planner.name, "agents": config.agents}
+                row.update({m: float(v[i]) for m, v in scores.items()})
+                rows.append(row)
+                lost = [x for x in why[i].split("; ") if x] if config.worst > 0 else []
+                if lost:  # scenarios that lost no points are never "worst"
+                    cand = _Worst(s, {m: row[m] for m in scores}, lost, *_slice(rollout, i, s))
+                    worst = sorted([*worst, cand], key=_rank_key)[: config.worst]
+            bar.advance(task, len(chunk))
+    if not rows:
+        raise AvError(f"{config.store}: the store holds no scenarios")
+    rows.sort(key=lambda r: r["scenario_id"])
+    return ResultTable(_to_table(rows)), worst
+
+
+def _to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    metrics: list[str] = []
+    for r in rows:
+        metrics += [k for k in r if k not in KEYS and k not in metrics]
+    cols: dict[str, pa.Array] = {k: pa.array([r[k] for r in rows], pa.string()) for k in KEYS}
+    for m in metrics:
+        cols[m] = pa.array([float(r.get(m, math.nan)) for r in rows], pa.float64())
+    return pa.table(cols)
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def read_results(run_dir: str | Path) -> ResultTable | None:
+    """The results of a run directory, or ``None`` if it has none yet."""
+    path = Path(run_dir) / RESULTS
+    if not path.is_file():
+        return None
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise AvError(f"{path}: unreadable results ({e})") from None
+    meta = table.schema.metadata or {}
+    version = meta.get(b"schema_version", b"?").decode()
+    if version != str(SCHEMA_VERSION):
+        raise AvError(f"{path}: results schema version {version}, this av writes {SCHEMA_VERSION}; "
+                      "use a new --out directory")
+    return ResultTable(table.replace_schema_metadata(None))
+
+
+def _merge(old: ResultTable | None, new: ResultTable, planner: str, agents: str) -> ResultTable:
+    if old is None:
+        merged = new.table
+    else:
+        keep = ~((np.asarray(old.column("planner")) == planner) & (np.asarray(old.column("agents")) == agents))
+        merged = pa.concat_tables([old.table.filter(pa.array(keep)), new.table], promote_options="default")
+    names = [*KEYS, *[c for c in merged.column_names if c not in KEYS]]
+    merged = merged.select(names)
+    keys = list(zip(*(merged.column(k).to_pylist() for k in ("planner", "agents", "scenario_id"))))
+    order = sorted(range(merged.num_rows), key=keys.__getitem__)
+    merged = merged.take(pa.array(order, pa.int64()))
+    # Metrics missing for some planner are NaN, not null.
+    for i, name in enumerate(merged.column_names):
+        if name not in KEYS:
+            merged = merged.set_column(i, name, merged.column(name).fill_null(math.nan))
+    return ResultTable(merged)
+
+
+def _write_results(run_dir: Path, table: ResultTable) -> None:
+    t = table.table.replace_schema_metadata(
+        {"schema_version": str(SCHEMA_VERSION), "format": "av-closedloop-results"})
+    buf = io.BytesIO()
+    pq.write_table(t, buf, compression="zstd")
+    atomic_write_bytes(run_dir / RESULTS, buf.getvalue())
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def mean_ci95(values: np.ndarray) -> tuple[float, list[float | None]]:
+    """Mean of the finite ``values`` and a 95 % percentile-bootstrap interval (fixed seed)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, [None, None]
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    means = v[rng.integers(0, v.size, size=(BOOTSTRAP_SAMPLES, v.size))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(v.mean()), [float(lo), float(hi)]
+
+
+def summarize(table: ResultTable, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``summary.json`` value of ``table``: one row per planner x agent mode.
+
+    Row fields ``worst``, ``store`` and ``plan_every`` are carried over from ``previous``
+    (the last summary) for the groups they describe.
+    """
+    carried = {(r["planner"], r["agents"]): r for r in (previous or {}).get("rows", [])}
+    groups = sorted({(r["planner"], r["agents"]) for r in table.table.select(["planner", "agents"]).to_pylist()})
+    rows = []
+    for planner, agents in groups:
+        part = table.select(planner, agents)
+        row: dict[str, Any] = {"planner": planner, "agents": agents, "scenarios": len(part)}
+        headline = [m for m in ("cls", "pdms") if m in part.metrics]
+        metrics = headline + [m for m in part.metrics if m not in headline]
+        stats = {m: mean_ci95(part.column(m)) for m in metrics}
+        row.update({m: _finite(mean) for m, (mean, _) in stats.items()})
+        row.update({f"{m}_ci95": ci for m, (_, ci) in stats.items()})
+        old = carried.get((planner, agents), {})
+        row.update({k: old[k] for k in ("store", "plan_every", "worst") if k in old})
+        rows.append(row)
+    return {"schema_version": SCHEMA_VERSION, "rows": rows}
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise AvError(f"{path}: corrupt JSON ({e.msg}, line {e.lineno})") from None
+    if summary.get("schema_version") != SCHEMA_VERSION:
+        raise AvError(f"{path}: summary schema version {summary.get('schema_version')}, this av writes "
+                      f"{SCHEMA_VERSION}; use a new --out directory")
+    return summary
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _render_worst(run_dir: Path, planner: str, agents: str, worst: list[_Worst]) -> list[dict[str, Any]]:
+    """Render the worst scenarios to ``media/`` (stale pictures of this group are removed)."""
+    from av.viz import render_rollout
+
+    media = run_dir / MEDIA
+    prefix = f"{_safe(planner)}--{_safe(agents)}--"
+    keep, out = set(), []
+    for w in worst:
+        rel = f"{MEDIA}/{prefix}{_safe(w.scenario.id)}.gif"
+        cls = w.scores.get("cls", math.nan)
+        title = f"{planner} / {agents} agents, CLS {cls:.2f}"
+        render_rollout(w.scenario, run_dir / rel, w.ego, w.agents, w.agent_valid, title=title,
+                       planned=w.planned, highlight="; ".join(w.reasons[:2]))
+        keep.add(run_dir / rel)
+        out.append({"scenario_id": w.scenario.id, "cls": _finite(cls),
+                    "pdms": _finite(w.scores.get("pdms", math.nan)), "reasons": w.reasons, "gif": rel})
+    if media.is_dir():
+        for old in media.glob(f"{prefix}*.gif"):
+            if old not in keep:
+                old.unlink()
+    return out
+
+
+def run_eval(config: EvalConfig) -> ResultTable:
+    """Evaluate one planner x agent mode and merge it into ``config.out`` (see the module doc).
+
+    Returns the rows of this run. Raises :class:`AvError` for an unknown planner, a missing or
+    empty store, or a run directory written by another schema version.
+    """
+    config.validate()
+    store_count(config.store)  # a missing or foreign store fails here, before any work
+    planner = make_planner(config.planner)
+    run_dir = Path(config.out)
+    old = read_results(run_dir)
+    previous = read_summary(run_dir)
+    if config.resume and old is not None and previous is not None:
+        done = old.select(planner.name, config.agents)
+        meta = next((r for r in previous["rows"] if (r["planner"], r["agents"]) == (planner.name, config.agents)), {})
+        if len(done) and meta.get("store") == str(config.store) and meta.get("plan_every") == config.plan_every:
+            return done
+    threads = torch.get_num_threads()
+    try:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        table, worst = evaluate_planner(config, planner)
+    finally:
+        torch.set_num_threads(threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    merged = _merge(old, table, planner.name, config.agents)
+    summary = summarize(merged, previous)
+    rendered = _render_worst(run_dir, planner.name, config.agents, worst) if config.worst > 0 else []
+    for row in summary["rows"]:
+        if (row["planner"], row["agents"]) == (planner.name, config.agents):
+            row.update(store=str(config.store), plan_every=config.plan_every, worst=rendered)
+    _write_results(run_dir, merged)
+    atomic_write_json(run_dir / SUMMARY, summary)
+    if config.report:
+        from closedloop.report import write_report
+
+        write_report(run_dir)
+    return table
