@@ -2,7 +2,9 @@
 
 Stages (each writes under ``--out`` and is skipped when its output is already complete):
 ``data`` (synthesize the default dataroot unless ``--dataroot`` is given) -> ``import``
-(scenario store) -> ``pictures`` (bird's-eye views of a few drives).
+(scenario store) -> ``pictures`` (bird's-eye views of a few drives) -> ``eval`` (every
+baseline planner in closed loop with log-replay and reactive agents: results, summary, HTML
+report) -> ``variants`` (seeded variants of every scenario, with provenance).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default="v1.0-mini", help="nuScenes version folder (default: v1.0-mini)")
     p.add_argument("--drives", type=int, default=6, help="synthetic drives when no --dataroot (default: 6)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--planners", default="log_replay,constant_velocity,idm,pdm_closed",
+                   help="planners evaluated in closed loop (default: all baselines)")
+    p.add_argument("--variants-per-scenario", type=int, default=2, help="variants per scenario (default: 2)")
     p.add_argument("--force", action="store_true", help="redo stages whose outputs exist")
     p.set_defaults(func=run)
 
@@ -68,5 +73,46 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{len(scenarios)} GIFs in {pictures}")
 
     _stage("pictures", pictures.is_dir() and any(pictures.glob("*.gif")), args.force, draw)
-    console.print(f"store: {store} ({store_count(store)} scenarios)")
+
+    evaldir = out / "eval"
+    planners = [p.strip() for p in args.planners.split(",") if p.strip()]
+
+    def evaluate() -> None:
+        from closedloop.report import write_report
+        from closedloop.runner import EvalConfig, run_eval
+
+        for planner in planners:
+            for agents in ("log", "idm"):
+                run_eval(EvalConfig(store=store, planner=planner, out=evaldir, agents=agents,
+                                    resume=not args.force, report=False, threads=1))
+        write_report(evaldir)
+
+    _stage("eval", (evaldir / "report.html").is_file(), args.force, evaluate)
+
+    variants = out / "variants"
+
+    def make_variants() -> None:
+        from scenarios.variants import generate_variants
+
+        parents = read_store(store)
+        made, stats = generate_variants(parents, args.variants_per_scenario, args.seed)
+        write_store(variants, [*parents, *made])
+        console.print(f"{len(made)} variants of {len(parents)} scenarios in {variants}")
+
+    _stage("variants", (variants / "manifest.json").is_file(), args.force, make_variants)
+    _print_summary(evaldir, store_count(store))
     return 0
+
+
+def _print_summary(evaldir: Path, n: int) -> None:
+    import json
+
+    from rich.table import Table
+
+    summary = json.loads((evaldir / "summary.json").read_text())
+    table = Table(title=f"closed-loop scores on {n} scenarios ({evaldir / 'report.html'})")
+    for col in ("planner", "agents", "CLS", "PDMS"):
+        table.add_column(col)
+    for row in summary["rows"]:
+        table.add_row(row["planner"], row["agents"], f"{row['cls']:.3f}", f"{row['pdms']:.3f}")
+    Console().print(table)

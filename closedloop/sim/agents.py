@@ -1,0 +1,328 @@
+"""Background agents: log replay (non-reactive) and IDM along the logged path (reactive).
+
+Reactive mode keeps each moving vehicle or cyclist on the PATH it drove in the log (its logged
+positions, parametrised by arc length, extended 1 km straight past the last one) and integrates
+its speed: it follows its logged speed profile (the logged acceleration plus a correction towards
+the logged speed, time constant ``speed_tau``) and brakes with the Intelligent Driver Model for
+whatever is ahead on that path, the ego included. Pedestrians, static objects and agents whose
+logged path is shorter than ``MIN_PATH_LENGTH`` replay the log in both modes. Agents appear and
+disappear exactly as the log's validity mask says; an agent that (re)appears starts from its
+logged state.
+
+"Ahead on the path": for an obstacle ``d`` metres ahead, the path is approximated by the circular
+arc through the agent whose curvature is the path's mean curvature over its next ``d`` metres
+(tabulated for ``CURVATURE_REACH`` and interpolated); the obstacle counts when its box reaches
+into the band the agent's own box sweeps along that arc, its centre lies ahead of the agent's
+front bumper and within ``20 + 6 v`` m. All tensors are batched ``[B, N, ...]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from av.batch import ScenarioBatch
+from av.geometry import wrap_angle
+from av.types import AgentType
+
+#: Agents whose whole logged path is shorter (m) replay the log (parked cars stay still).
+MIN_PATH_LENGTH = 2.0
+#: Straight extension of every path past its last logged point, m.
+PATH_EXTENSION = 1000.0
+#: Distances (m) over which the mean curvature of each path ahead is tabulated.
+CURVATURE_REACH = (5.0, 10.0, 20.0, 40.0)
+#: A distance (m) far outside any scene, used to move masked items out of a broad phase.
+FAR = 1.0e7
+
+
+@dataclass(frozen=True)
+class IDMParams:
+    """Reactive-agent parameters (SI): standstill gap s0 ``min_gap`` m, time headway ``headway`` s,
+    IDM acceleration ``accel`` and comfortable deceleration ``decel`` m/s^2, speed-tracking time
+    constant ``speed_tau`` s, hardest IDM braking ``max_decel`` m/s^2."""
+
+    min_gap: float = 2.0
+    headway: float = 1.0
+    accel: float = 1.5
+    decel: float = 2.0
+    speed_tau: float = 1.0
+    max_decel: float = 8.0
+
+
+@dataclass(frozen=True)
+class AgentPaths:
+    """The logged paths of the reactive agents, precomputed once per batch (``T`` batch steps).
+
+    Reactive work runs on ``R`` slots per scenario (``R`` the most reactive agents in one
+    scenario): ``index`` long ``[B, R]`` names the agent of each slot (the reactive agents first,
+    then others, all distinct) and ``slot`` bool ``[B, R]`` whether it holds a reactive agent.
+    ``reactive`` bool ``[B, N]`` marks the reactive agents by agent index.
+
+    * ``points`` ``[B, R, T + 1, 3 + C]``: box-centre (x, y, yaw) along the path (invalid steps
+      hold the nearest valid pose; the last point is the straight extension), then the mean
+      curvature (1/m) of the path ahead of each point over each of the ``C`` distances of
+      ``CURVATURE_REACH``.
+    * ``s`` ``[B, R, T + 1]`` arc length along the path (m), non-decreasing.
+    * ``speed`` ``[B, R, T]`` logged arc-length speed (m/s) of the step arriving at each step
+      (of the step leaving it where the agent just appeared; 0 where it is alone or invalid).
+    """
+
+    reactive: Tensor
+    index: Tensor
+    slot: Tensor
+    points: Tensor
+    s: Tensor
+    speed: Tensor
+
+
+def _fill_invalid(x: Tensor, valid: Tensor) -> Tensor:
+    """Hold the last valid value of ``x`` ``[B, N, T, ...]`` over invalid steps (the first valid
+    value before it); ``valid`` ``[B, N, T]``."""
+    T = valid.shape[-1]
+    steps = torch.arange(T, device=x.device).expand_as(valid)
+    last = torch.where(valid, steps, torch.full_like(steps, -1)).cummax(-1).values
+    first = torch.where(valid, steps, torch.full_like(steps, T)).amin(-1, keepdim=True).clamp_max(T - 1)
+    idx = torch.where(last < 0, first.expand_as(last), last)
+    idx = idx.reshape(*idx.shape, *([1] * (x.dim() - idx.dim()))).expand_as(x)
+    return x.gather(2, idx)
+
+
+def build_paths(batch: ScenarioBatch) -> AgentPaths:
+    """The logged paths of the reactive agents of ``batch`` (see :class:`AgentPaths`)."""
+    valid = batch.agent_valid
+    pose = _fill_invalid(batch.agents[..., :3], valid)
+    seg = (pose[:, :, 1:, :2] - pose[:, :, :-1, :2]).norm(dim=-1)
+    types = batch.agent_types
+    moving_kind = (types == int(AgentType.VEHICLE)) | (types == int(AgentType.CYCLIST))
+    reactive = moving_kind & (seg.sum(-1) >= MIN_PATH_LENGTH)
+    order = torch.sort((~reactive).to(torch.uint8), dim=1, stable=True).indices
+    R = int(reactive.sum(1).max()) if reactive.numel() else 0
+    index = order[:, :R].contiguous()
+
+    def pick(x: Tensor) -> Tensor:
+        return x.gather(1, index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
+
+    pose, seg, valid = pick(pose), pick(seg), pick(valid)
+    s = torch.cat([torch.zeros_like(seg[:, :, :1]), seg.cumsum(-1)], -1)
+    yaw_end = pose[:, :, -1, 2]
+    ext = torch.stack([pose[:, :, -1, 0] + PATH_EXTENSION * torch.cos(yaw_end),
+                       pose[:, :, -1, 1] + PATH_EXTENSION * torch.sin(yaw_end), yaw_end], -1)
+    # Arc-length speed of the step that arrives at t (of the step leaving t where the agent
+    # only just appeared), so that integrating it reproduces the logged positions exactly.
+    both = valid[:, :, 1:] & valid[:, :, :-1]
+    step_speed = seg / batch.dt * both
+    none = torch.zeros_like(both[:, :, :1])
+    arrive = torch.cat([torch.zeros_like(step_speed[:, :, :1]), step_speed], -1)
+    leave = torch.cat([step_speed, torch.zeros_like(step_speed[:, :, :1])], -1)
+    speed = torch.where(torch.cat([none, both], -1), arrive, leave * torch.cat([both, none], -1))
+    pose = torch.cat([pose, ext[:, :, None]], 2)
+    C = len(CURVATURE_REACH)
+    paths = AgentPaths(
+        reactive=reactive,
+        index=index,
+        slot=reactive.gather(1, index),
+        points=torch.cat([pose, pose.new_zeros(*pose.shape[:3], C)], -1).contiguous(),
+        s=torch.cat([s, s[:, :, -1:] + PATH_EXTENSION], 2).contiguous(),
+        speed=speed.contiguous(),
+    )
+    reach = torch.tensor(CURVATURE_REACH, dtype=pose.dtype, device=pose.device)
+    B, R, P = paths.s.shape
+    ahead = (paths.s[..., None] + reach).reshape(B, R, P * len(CURVATURE_REACH))
+    yaw_ahead = sample_path(paths, ahead)[..., 2].reshape(B, R, P, len(CURVATURE_REACH))
+    curvature = wrap_angle(yaw_ahead - pose[..., 2:3]) / reach
+    return replace(paths, points=torch.cat([pose, curvature], -1).contiguous())
+
+
+def at_step(x: Tensor, t: Tensor) -> Tensor:
+    """``x[b, :, t[b]]`` ``[B, N, ...]`` of a per-step tensor ``x`` ``[B, N, T, ...]`` (agents or
+    slots), ``t`` long
+    ``[B]`` clamped into ``[0, T)`` (one flat ``index_select``)."""
+    B, N, T = x.shape[:3]
+    if x.numel() == 0:
+        return x.new_zeros(B, N, *x.shape[3:])
+    rows = torch.arange(B * N, device=x.device).reshape(B, N) * T
+    flat = (rows + t.clamp(0, T - 1)[:, None]).reshape(-1)
+    return take_rows(x.reshape(B * N * T, -1), flat).reshape(B, N, *x.shape[3:])
+
+
+def take_rows(table: Tensor, idx: Tensor) -> Tensor:
+    """``table[idx]`` for ``table`` ``[R, C]`` and ``idx`` long ``[K]`` (a gather: the fastest
+    row lookup on CPU)."""
+    return table.gather(0, idx[:, None].expand(-1, table.shape[1]))
+
+
+def log_states(batch: ScenarioBatch, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Logged agent states ``[B, N, 5]`` and validity ``[B, N]`` at step ``t`` ``[B]`` (long).
+
+    Steps past the batch's last step are invalid.
+    """
+    T = batch.agents.shape[2]
+    valid = at_step(batch.agent_valid, t) & (t < T)[:, None]
+    return at_step(batch.agents, t), valid
+
+
+def path_length_at(paths: AgentPaths, t: Tensor) -> Tensor:
+    """Logged arc length ``[B, R]`` of each slot's agent at step ``t`` ``[B]``."""
+    return at_step(paths.s, t)
+
+
+def logged_speed(paths: AgentPaths, t: Tensor) -> Tensor:
+    """Logged arc-length speed ``[B, R]`` (m/s) of each slot's agent at step ``t`` ``[B]`` (0 past
+    the end)."""
+    return at_step(paths.speed, t) * (t < paths.speed.shape[2])[:, None]
+
+
+def sample_path(paths: AgentPaths, s: Tensor) -> Tensor:
+    """``[B, R, Q, 3 + C]`` (x, y, yaw, curvatures ahead) on each slot's path at arc lengths
+    ``s`` ``[B, R, Q]``, interpolated linearly between the logged points."""
+    B, R, P, F = paths.points.shape
+    Q = s.shape[-1]
+    if s.numel() == 0:
+        return s.new_zeros(B, R, Q, F)
+    knots = paths.s.reshape(B * R, P)
+    query = s.reshape(B * R, Q).contiguous()
+    i = (torch.searchsorted(knots, query, right=True) - 1).clamp(0, P - 2)
+    flat = (i + torch.arange(B * R, device=s.device)[:, None] * P).reshape(-1)
+    s0, s1 = knots.reshape(-1).take(flat), knots.reshape(-1).take(flat + 1)
+    frac = ((query.reshape(-1) - s0) / (s1 - s0).clamp_min(1e-6)).clamp(0.0, 1.0)[:, None]
+    table = paths.points.reshape(-1, F)
+    p0, p1 = take_rows(table, flat), take_rows(table, flat + 1)
+    out = p0 + frac * (p1 - p0)
+    yaw = wrap_angle(p0[:, 2:3] + frac * wrap_angle(p1[:, 2:3] - p0[:, 2:3]))
+    return torch.cat([out[:, :2], yaw, out[:, 3:]], 1).reshape(B, R, Q, F)
+
+
+def curvature_at(curvature: Tensor, distance: Tensor) -> Tensor:
+    """Mean path curvature ``[K]`` over the next ``distance`` ``[K]`` metres, interpolated in the
+    tabulated ``curvature`` ``[K, C]`` (over ``CURVATURE_REACH``; constant outside it)."""
+    out = curvature[:, 0]
+    for c in range(1, len(CURVATURE_REACH)):
+        lo, hi = CURVATURE_REACH[c - 1], CURVATURE_REACH[c]
+        out = out + (curvature[:, c] - curvature[:, c - 1]) * ((distance - lo) / (hi - lo)).clamp(0.0, 1.0)
+    return out
+
+
+def leader_pressure(
+    agents: Tensor,
+    sizes: Tensor,
+    speed: Tensor,
+    curvature: Tensor,
+    active: Tensor,
+    bodies: Tensor,
+    body_sizes: Tensor,
+    body_valid: Tensor,
+    params: IDMParams,
+) -> Tensor:
+    """IDM interaction ``max_j max(0, (s*_ij / gap_ij)^2 - 1)`` ``[B, N]`` with what is ahead.
+
+    * ``agents`` ``[B, N, 3]`` centre (x, y, yaw), ``sizes`` ``[B, N, 2]``, ``speed`` ``[B, N]``,
+      ``curvature`` ``[B, N, C]`` mean curvatures of the path ahead (1/m, over
+      ``CURVATURE_REACH``); only ``active`` (bool ``[B, N]``) agents
+      are evaluated (the others get 0).
+    * ``bodies`` ``[B, M, 5]`` everything that can block (x, y, yaw, vx, vy; box centres),
+      ``body_sizes`` ``[B, M, 2]``, ``body_valid`` ``[B, M]``. An agent never blocks itself
+      (its own centre is not ahead of its front bumper).
+
+    ``s*`` is IDM's desired gap ``s0 + max(0, v T + v (v - v_lead) / (2 sqrt(a b)))`` with
+    ``v_lead`` the obstacle's velocity along the path; ``gap`` the bumper-to-box
+    distance along the path, floored at 0.1 m. Unlike plain IDM the term counts only where the
+    gap is below ``s*``: an agent following at its logged distance keeps its logged speed, and
+    one closing in on a slower or stopped obstacle brakes ever harder as the gap shrinks.
+
+    Broad phase: one batched matrix product gives every pair's longitudinal and lateral offset
+    in the agent's frame; only pairs inside a box that provably contains every blocking pair
+    (ahead within the look-ahead; laterally within the arc's bend ``|k| lon^2`` plus both boxes'
+    half-extents) are compacted and get the exact test.
+    """
+    B, N, _ = agents.shape
+    M = bodies.shape[1]
+    out = torch.zeros(B * N, dtype=agents.dtype, device=agents.device)
+    if M == 0 or N == 0:
+        return out.reshape(B, N)
+    c, s = torch.cos(agents[..., 2]), torch.sin(agents[..., 2])
+    ax, ay = agents[..., 0], agents[..., 1]
+    hl, hw = 0.5 * sizes[..., 0], 0.5 * sizes[..., 1]
+    look = 20.0 + 6.0 * speed
+    body_radius = 0.5 * torch.hypot(body_sizes[..., 0], body_sizes[..., 1])  # [B, M]
+
+    # -- broad phase: a superset of the blocking pairs (1 cm of slack for rounding). One batched
+    # product gives, per pair, the longitudinal offset mapped so that the look-ahead window is
+    # [-1, 1] and the lateral offset scaled by its bound; inactive rows are moved out of range
+    # (a far-away homogeneous term) and invalid bodies far away (the exact test drops any left).
+    mid, half = hl + 0.5 * look, 0.5 * look + 0.01
+    reach = hw + body_radius.amax(1, keepdim=True)
+    k_max = curvature.abs().amax(-1)
+    lat_bound = torch.where(k_max * reach < 0.5, k_max * (hl + look + reach).square() + reach,
+                            torch.full_like(k_max, math.inf)) + 0.01
+    lon_const = torch.where(active, -(c * ax + s * ay) - mid, torch.full_like(mid, FAR))
+    rows = torch.stack([torch.stack([c, s, lon_const], -1) / half[..., None],
+                        torch.stack([-s, c, s * ax - c * ay], -1) / lat_bound[..., None]], 1).reshape(B, 2 * N, 3)
+    far = torch.full_like(bodies[..., 0], FAR)
+    cols = torch.stack([torch.where(body_valid, bodies[..., 0], far), bodies[..., 1] * body_valid,
+                        torch.ones_like(far)], 1)  # [B, 3, M]
+    scaled = torch.bmm(rows, cols).abs_().reshape(B, 2, N, M)
+    b, i, j = (torch.maximum(scaled[:, 0], scaled[:, 1]) < 1.0).nonzero().unbind(1)
+    if b.numel() == 0:
+        return out.reshape(B, N)
+
+    # -- exact test on the candidates
+    row = b * N + i
+    C = curvature.shape[-1]
+    agent = take_rows(torch.cat([torch.stack([ax, ay, c, s, hl, hw, speed, look], -1), curvature], -1)
+                      .reshape(B * N, 8 + C), row)
+    cj, sj = torch.cos(bodies[..., 2]), torch.sin(bodies[..., 2])
+    body = torch.stack([bodies[..., 0], bodies[..., 1], cj, sj, 0.5 * body_sizes[..., 0], 0.5 * body_sizes[..., 1],
+                        bodies[..., 3], bodies[..., 4], body_valid.to(bodies.dtype)], -1)
+    body = take_rows(body.reshape(B * M, 9), b * M + j)
+    x, y, c, s, hl, hw, v, look = agent[:, :8].unbind(1)
+    bx, by, cj, sj, hlj, hwj, vx, vy, valid = body.unbind(1)
+    rx, ry = bx - x, by - y
+    lon = rx * c + ry * s
+    lat = ry * c - rx * s
+    k = curvature_at(agent[:, 8:], lon)  # the path's mean curvature up to the obstacle
+    # Signed lateral distance to the circle of curvature k tangent to the heading at the agent:
+    # (2 lat - k r^2) / (1 + sqrt(1 + k (k r^2 - 2 lat))), stable as k -> 0.
+    q = k * (rx * rx + ry * ry) - 2.0 * lat
+    rho = (1.0 + k * q).clamp_min(1e-6).sqrt()  # distance to the circle's centre, times |k|
+    off = q / (1.0 + rho)
+    # The path's direction where the obstacle projects onto the arc, relative to the agent's
+    # heading (cos, sin); obstacle extents and speed are measured against it.
+    ct, st = (1.0 - k * lat) / rho, k * lon / rho
+    cos_h, sin_h = cj * c + sj * s, sj * c - cj * s  # obstacle heading relative to the agent
+    cos_d = (cos_h * ct + sin_h * st).abs()  # ... relative to the path there
+    sin_d = (sin_h * ct - cos_h * st).abs()
+    ahead = lon - hl
+    # On the band the agent's box sweeps along the arc, ahead of its front bumper, within the
+    # look-ahead, and on the near part of the arc (its first 60 degrees: ``k * lat < 1/2``), so
+    # the far side of a tight circle never counts.
+    blocking = (off.abs() <= hw + hlj * sin_d + hwj * cos_d) & (ahead > 0) & (ahead < look) & (k * lat < 0.5)
+    blocking &= valid > 0
+    gap = (ahead - hlj * cos_d - hwj * sin_d).clamp_min(0.1)
+    v_lead = ct * (vx * c + vy * s) + st * (vy * c - vx * s)
+    root = 2.0 * math.sqrt(params.accel * params.decel)
+    desired = (v * (params.headway + v / root) - v / root * v_lead).clamp_min(0.0) + params.min_gap
+    excess = ((desired / gap).square() - 1.0).clamp_min(0.0) * blocking
+    return out.scatter_reduce(0, row, excess, "amax").reshape(B, N)
+
+
+def idm_speed_update(
+    speed: Tensor, log_speed_now: Tensor, log_speed_next: Tensor, pressure: Tensor, params: IDMParams, dt: float
+) -> tuple[Tensor, Tensor]:
+    """New speed ``[B, N]`` and distance travelled ``[B, N]`` over one step (``speed * dt`` with
+    the new speed, the semi-implicit Euler step the logged speeds are defined with).
+
+    Free speed: the logged speed profile (``log_speed_next - log_speed_now``, plus the gap
+    ``log_speed_now - speed`` closed with time constant ``speed_tau`` but never faster than IDM's
+    ``accel``); the logged part is not clipped: the log is physical by definition. Unimpeded and
+    on its logged speed, an agent therefore moves exactly as logged; once delayed it returns to
+    the logged *speed* (not to the logged position). IDM's interaction ``accel * pressure``
+    brakes below that, by at most ``max_decel``; no reversing.
+    """
+    catch_up = ((log_speed_now - speed) / params.speed_tau).clamp_max(params.accel)
+    free = speed + (log_speed_next - log_speed_now) + catch_up * dt
+    floor = torch.minimum(free, speed - params.max_decel * dt)
+    v_end = torch.maximum(free - params.accel * pressure * dt, floor).clamp_min(0.0)
+    return v_end, v_end * dt

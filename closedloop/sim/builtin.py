@@ -1,0 +1,456 @@
+"""The builtin batched closed-loop simulator: many scenarios at once as torch tensors, 10 Hz.
+
+One immutable :class:`SimState` flows through ``reset -> step -> step -> ...``; ``step`` returns
+a new state. The ego follows the planner's latest trajectory through the tracking controller and
+kinematic bicycle of :mod:`closedloop.sim.vehicle`; background agents replay the log or react
+with IDM (:mod:`closedloop.sim.agents`); oriented-box overlaps are flagged every step
+(:mod:`closedloop.sim.collision`). The only Python loop is over time steps. Device: the batch's
+(or ``SimConfig.device``); results are bit-identical for identical inputs on one device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from av.batch import ScenarioBatch
+from av.errors import AvError
+from av.geometry import from_frame, wrap_angle
+from av.observation import Observation, Privileged, Trajectory
+from closedloop.planner import Planner
+from closedloop.rollout import Rollout
+from closedloop.sim import agents as agent_model
+from closedloop.sim.base import SimConfig
+from closedloop.sim.collision import collision_flags, pair_mask
+from closedloop.sim.observe import MapCache, observe, prepare_map, privileged
+from closedloop.sim.vehicle import (
+    GainTable, Plan, VehicleLimits, VehicleState, bicycle_step, make_plan, place_on_plan, track,
+)
+
+
+@dataclass(frozen=True)
+class SimStatic:
+    """What a simulation derives once from its batch (never changes during a run).
+
+    * ``batch``: the :class:`ScenarioBatch` on the simulation device; ``config``: the settings.
+    * ``start`` long ``[B]``: first simulated step (each scenario's ``history_steps``);
+      ``last`` long ``[B]``: its last valid step.
+    * ``paths``: the reactive agents' logged paths; ``map``: resampled lanes and route.
+    * ``gains``: the tracker's lateral LQR gains tabulated for the batch's ``dt``.
+    * ``collision_rows`` long ``[B, C]``: the boxes (0 = ego, ``1 + n`` = agent ``n``) tested
+      against all others every step; ``collision_pairs`` bool ``[B, C, 1 + N]``: the pairs tested
+      (:func:`~closedloop.sim.collision.pair_mask`).
+    """
+
+    batch: ScenarioBatch
+    config: SimConfig
+    start: Tensor
+    last: Tensor
+    paths: agent_model.AgentPaths
+    map: MapCache
+    gains: GainTable
+    collision_rows: Tensor
+    collision_pairs: Tensor
+
+    @property
+    def wheelbase(self) -> Tensor:
+        """``[B]`` m."""
+        return self.batch.ego_dims[:, 2]
+
+
+@dataclass(frozen=True)
+class SimState:
+    """The whole simulation at one instant, for ``B`` scenarios and ``N`` agents (immutable).
+
+    * ``step``: simulation steps taken since the start; ``t`` long ``[B]``: the log step index of
+      now (``start + step``; it may pass a scenario's last step: see ``done``).
+    * ``ego``: the bicycle model state (pose ``[B, 3]``, speed, acceleration, steering, yaw rate
+      and yaw acceleration ``[B]``).
+    * ``agents`` ``[B, N, 5]`` box-centre states (x, y, yaw, vx, vy); ``agent_valid`` bool ``[B, N]``.
+    * IDM internals, one per reactive slot (``static.paths.index`` ``[B, R]`` names each slot's
+      agent): ``agent_s`` ``[B, R]`` arc length along the agent's logged path (m),
+      ``agent_speed`` ``[B, R]`` (m/s, over the last step) and ``agent_curvature`` ``[B, R, C]``
+      (1/m, mean curvatures of the path ahead over ``agents.CURVATURE_REACH``; zeros in log
+      mode, where ``agent_s``/``agent_speed`` follow the log).
+    * ``ego_collision`` bool ``[B, N]``: the ego's box overlaps agent ``n`` now;
+      ``agent_collision`` bool ``[B, N]``: agent ``n`` overlaps another agent now, in a pair with
+      at least one reactive agent (so all False in log mode: contacts between log-replayed
+      agents are the log's own, annotation overlaps included).
+    * ``plan``: the trajectory being tracked (world frame) or ``None`` before the first one.
+    * ``ego_trace`` (``H`` x ``[B, 5]``), ``agent_trace`` (``H`` x ``[B, N, 5]``), ``valid_trace``
+      (``H`` x ``[B, N]``): the last ``H = history_steps + 1`` states, oldest first, now last
+      (logged before the start, simulated since). Tuples share tensors, so rolling is free.
+    * ``static``: the per-batch data (:class:`SimStatic`).
+    """
+
+    step: int
+    t: Tensor
+    ego: VehicleState
+    agents: Tensor
+    agent_valid: Tensor
+    agent_s: Tensor
+    agent_speed: Tensor
+    agent_curvature: Tensor
+    ego_collision: Tensor
+    agent_collision: Tensor
+    plan: Plan | None
+    ego_trace: tuple[Tensor, ...]
+    agent_trace: tuple[Tensor, ...]
+    valid_trace: tuple[Tensor, ...]
+    static: SimStatic
+
+    @property
+    def done(self) -> Tensor:
+        """bool ``[B]``: the scenario has no step after now."""
+        return self.t >= self.static.last
+
+
+def _limits(cfg: SimConfig) -> VehicleLimits:
+    return VehicleLimits(cfg.max_accel, cfg.max_decel, cfg.max_jerk, cfg.max_steer, cfg.max_steer_rate)
+
+
+def _idm(cfg: SimConfig) -> agent_model.IDMParams:
+    return agent_model.IDMParams(
+        min_gap=cfg.idm_min_gap, headway=cfg.idm_headway, accel=cfg.idm_accel, decel=cfg.idm_decel
+    )
+
+
+def _ego_from_log(batch: ScenarioBatch, t: Tensor) -> VehicleState:
+    """Model state from the logged ego at ``t`` ``[B]``: logged pose and speed along the heading;
+    acceleration, yaw rate and steering from backward differences (no future information)."""
+    b = torch.arange(batch.batch_size, device=t.device)
+    now, prev = batch.ego[b, t], batch.ego[b, (t - 1).clamp_min(0)]
+    has_prev = (t >= 1).to(now.dtype)
+    dt = batch.dt
+
+    def along(s: Tensor) -> Tensor:
+        return s[:, 3] * torch.cos(s[:, 2]) + s[:, 4] * torch.sin(s[:, 2])
+
+    speed = along(now)
+    accel = (speed - along(prev)) / dt * has_prev
+    yaw_rate = wrap_angle(now[:, 2] - prev[:, 2]) / dt * has_prev
+    L = batch.ego_dims[:, 2]
+    moving = speed > 1.0
+    steer = torch.where(moving, torch.atan(L * yaw_rate / speed.clamp_min(1.0)), torch.zeros_like(speed))
+    return VehicleState(now[:, :3].clone(), speed.clamp_min(0.0), accel, steer, yaw_rate, torch.zeros_like(speed))
+
+
+def _path_pose_and_curvature(paths: agent_model.AgentPaths, s: Tensor) -> tuple[Tensor, Tensor]:
+    """Pose ``[B, R, 3]`` on each slot's path at ``s`` ``[B, R]`` and the path's curvatures ahead
+    ``[B, R, C]`` there (see :class:`~closedloop.sim.agents.AgentPaths`)."""
+    sample = agent_model.sample_path(paths, s[..., None])[..., 0, :]
+    return sample[..., :3], sample[..., 3:]
+
+
+def _slots(x: Tensor, index: Tensor) -> Tensor:
+    """``x[b, index[b, r], ...]`` ``[B, R, ...]`` of a per-agent tensor ``x`` ``[B, N, ...]``."""
+    return x.gather(1, index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
+
+
+def _ego_box(ego: VehicleState, dims: Tensor) -> Tensor:
+    """Ego box ``[B, 5]`` (centre x, y, yaw, length, width) from the rear-axle pose."""
+    yaw = ego.pose[:, 2]
+    rac = dims[:, 3]
+    return torch.stack([ego.pose[:, 0] + rac * torch.cos(yaw), ego.pose[:, 1] + rac * torch.sin(yaw), yaw,
+                        dims[:, 0], dims[:, 1]], 1)
+
+
+def _collisions(static: SimStatic, ego: VehicleState, agents: Tensor, valid: Tensor, ego_valid: Tensor
+                ) -> tuple[Tensor, Tensor]:
+    """Ego-agent overlaps, and in reactive mode overlaps of the reactive agents with any agent
+    (contacts between two log-replayed agents are the log's own)."""
+    batch = static.batch
+    boxes = torch.cat([_ego_box(ego, batch.ego_dims)[:, None],
+                       torch.cat([agents[..., :3], batch.agent_sizes], -1)], 1)
+    body_valid = torch.cat([ego_valid[:, None], valid], 1)
+    return collision_flags(boxes, body_valid, static.collision_rows, static.collision_pairs)
+
+
+def resample_plan(traj: Trajectory, dt: float) -> Tensor:
+    """Poses ``[B, H', 3]`` of ``traj`` at ``dt, 2 dt, ...`` (linear in time; the plan's origin,
+    the ego at plan time, is the pose at time 0). Unchanged when ``traj.dt == dt``."""
+    poses = traj.poses
+    if abs(traj.dt - dt) < 1e-9:
+        return poses
+    H = poses.shape[1]
+    full = torch.cat([torch.zeros_like(poses[:, :1]), poses], 1)  # times 0, traj.dt, ...
+    count = int(math.floor(H * traj.dt / dt + 1e-9))
+    if count < 1:
+        raise AvError(f"planner trajectory of {H} x {traj.dt} s is shorter than one {dt} s step")
+    pos = torch.arange(1, count + 1, dtype=poses.dtype, device=poses.device) * (dt / traj.dt)
+    i = pos.floor().long().clamp_max(H - 1)
+    frac = (pos - i).to(poses.dtype)[None, :]
+    a, b = full[:, i], full[:, i + 1]
+    xy = a[..., :2] + frac[..., None] * (b[..., :2] - a[..., :2])
+    yaw = wrap_angle(a[..., 2] + frac * wrap_angle(b[..., 2] - a[..., 2]))
+    return torch.cat([xy, yaw[..., None]], -1)
+
+
+class BuiltinSimulator:
+    """Batched torch simulator implementing :class:`closedloop.sim.base.Simulator`."""
+
+    name = "builtin"
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = (config or SimConfig()).validate()
+        self.limits = _limits(self.config)
+        self.idm = _idm(self.config)
+
+    # ------------------------------------------------------------------ reset / step
+    def reset(self, batch: ScenarioBatch) -> SimState:
+        """The state at each scenario's ``history_steps``: ego and agents as logged there."""
+        cfg = self.config
+        if cfg.device is not None:
+            batch = batch.to(cfg.device)
+        dev = batch.ego.device
+        B, T = batch.step_valid.shape
+        start = batch.history_steps.to(dev)
+        last = (batch.step_valid.long().sum(1) - 1).clamp_min(0)
+        if bool((start > last).any()):
+            bad = batch.ids[int((start > last).nonzero()[0, 0])]
+            raise AvError(f"scenario {bad}: history_steps is past its last step; nothing to simulate")
+        paths = agent_model.build_paths(batch)
+        rows = torch.zeros(B, 1, dtype=torch.long, device=dev)
+        row_valid = torch.ones(B, 1, dtype=torch.bool, device=dev)
+        if cfg.agents == "idm":
+            rows = torch.cat([rows, paths.index + 1], 1)
+            row_valid = torch.cat([row_valid, paths.slot], 1)
+        static = SimStatic(
+            batch=batch, config=cfg, start=start, last=last, paths=paths,
+            map=prepare_map(batch, cfg.lane_points),
+            gains=GainTable.build(batch.dt, batch.ego.dtype, str(dev)),
+            collision_rows=rows, collision_pairs=pair_mask(rows, row_valid, 1 + batch.agents.shape[1]),
+        )
+        ego = _ego_from_log(batch, start)
+        agents, valid = agent_model.log_states(batch, start)
+        H = cfg.history_steps + 1
+        b = torch.arange(B, device=dev)
+        ego_trace, agent_trace, valid_trace = [], [], []
+        for h in range(H - 1, -1, -1):  # oldest first; steps before 0 repeat step 0
+            th = (start - h).clamp_min(0)
+            ego_trace.append(batch.ego[b, th])
+            a, v = agent_model.log_states(batch, th)
+            agent_trace.append(a * v[..., None])
+            valid_trace.append(v)
+        ego_trace[-1] = ego.state5()
+        ego_hit, agent_hit = _collisions(static, ego, agents, valid, torch.ones(B, dtype=torch.bool, device=dev))
+        agent_s = agent_model.path_length_at(static.paths, start)
+        agent_speed = agent_model.logged_speed(static.paths, start)
+        if cfg.agents == "idm":
+            curvature = _path_pose_and_curvature(static.paths, agent_s)[1]
+        else:
+            curvature = agent_s.new_zeros(*agent_s.shape, len(agent_model.CURVATURE_REACH))
+        return SimState(
+            step=0, t=start, ego=ego, agents=agents, agent_valid=valid,
+            agent_s=agent_s, agent_speed=agent_speed, agent_curvature=curvature,
+            ego_collision=ego_hit, agent_collision=agent_hit, plan=None,
+            ego_trace=tuple(ego_trace), agent_trace=tuple(agent_trace), valid_trace=tuple(valid_trace),
+            static=static,
+        )
+
+    def set_plan(self, state: SimState, trajectory: Trajectory) -> SimState:
+        """``state`` tracking ``trajectory`` (ego frame at ``state``) from now on."""
+        B = state.t.shape[0]
+        shape = trajectory.poses.shape
+        if trajectory.poses.dim() != 3 or shape[0] != B or shape[1] < 1 or shape[2] != 3:
+            raise AvError(f"planner returned poses of shape {list(trajectory.poses.shape)}, expected [{B}, H, 3]")
+        if not bool(torch.isfinite(trajectory.poses).all()):
+            raise AvError("planner returned non-finite poses")
+        poses = resample_plan(trajectory, state.static.batch.dt).to(state.ego.pose)
+        pose = state.ego.pose[:, None, :]
+        world = torch.cat([from_frame(poses[..., :2], pose), wrap_angle(poses[..., 2:] + pose[..., 2:])], -1)
+        return replace(state, plan=make_plan(world, state.static.wheelbase, self.limits, state.step))
+
+    def step(self, state: SimState, trajectory: Trajectory | None = None) -> SimState:
+        """Advance one step. ``trajectory`` (ego frame at ``state``) replaces the tracked plan;
+        with ``None`` the ego keeps tracking the last plan, time-shifted (with no plan at all it
+        coasts: zero acceleration and steering rate)."""
+        if trajectory is not None:
+            state = self.set_plan(state, trajectory)
+        static, cfg, dt = state.static, self.config, state.static.batch.dt
+        batch = static.batch
+        wheelbase = static.wheelbase
+        ego = state.ego
+        if state.plan is None:
+            zero = torch.zeros_like(ego.speed)
+            new_ego = bicycle_step(ego, zero, zero, wheelbase, self.limits, dt)
+        elif cfg.controller == "perfect":
+            new_ego = place_on_plan(ego, state.plan, state.step, wheelbase, dt)
+        else:
+            accel, steer_rate = track(ego, state.plan, state.step, wheelbase, self.limits, dt, static.gains)
+            new_ego = bicycle_step(ego, accel, steer_rate, wheelbase, self.limits, dt)
+
+        t_next = state.t + 1
+        log_next, valid_next = agent_model.log_states(batch, t_next)
+        paths = static.paths
+        s_log = agent_model.path_length_at(paths, t_next)
+        v_log = agent_model.logged_speed(paths, t_next)
+        if cfg.agents == "idm":
+            agents, agent_s, agent_speed, curvature = self._react(state, ego, log_next, valid_next, s_log, v_log)
+        else:
+            agents, agent_s, agent_speed, curvature = log_next, s_log, v_log, state.agent_curvature
+        agents = agents * valid_next[..., None]
+        ego_hit, agent_hit = _collisions(static, new_ego, agents, valid_next, t_next <= static.last)
+        H = len(state.ego_trace)
+        return SimState(
+            step=state.step + 1, t=t_next, ego=new_ego, agents=agents, agent_valid=valid_next,
+            agent_s=agent_s, agent_speed=agent_speed, agent_curvature=curvature,
+            ego_collision=ego_hit, agent_collision=agent_hit, plan=state.plan,
+            ego_trace=(state.ego_trace + (new_ego.state5(),))[-H:],
+            agent_trace=(state.agent_trace + (agents,))[-H:],
+            valid_trace=(state.valid_trace + (valid_next,))[-H:],
+            static=static,
+        )
+
+    def _react(self, state: SimState, ego: VehicleState, log_next: Tensor, valid_next: Tensor, s_log: Tensor,
+               v_log: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """IDM update of the reactive agents (the others take ``log_next``): agent states
+        ``[B, N, 5]``, and per slot arc lengths and speeds ``[B, R]`` and path curvatures ``[B, R, C]`` at the next
+        step. Obstacles: the ego and every valid agent, as they are now."""
+        static, batch = state.static, state.static.batch
+        paths = static.paths
+        index = paths.index
+        box, ego5 = _ego_box(ego, batch.ego_dims), ego.state5()
+        ego_body = torch.cat([box[:, :3], ego5[:, 3:5]], 1)  # box centre, yaw, velocity
+        bodies = torch.cat([ego_body[:, None], state.agents], 1)  # [B, 1 + N, 5]
+        body_sizes = torch.cat([batch.ego_dims[:, None, :2], batch.agent_sizes], 1)
+        body_valid = torch.cat([(state.t <= static.last)[:, None], state.agent_valid], 1)
+        present = paths.slot & _slots(state.agent_valid, index)
+        pressure = agent_model.leader_pressure(
+            _slots(state.agents, index)[..., :3], _slots(batch.agent_sizes, index), state.agent_speed,
+            state.agent_curvature, present, bodies, body_sizes, body_valid, self.idm,
+        )
+        v_now = agent_model.logged_speed(paths, state.t)
+        speed, dist = agent_model.idm_speed_update(state.agent_speed, v_now, v_log, pressure, self.idm, batch.dt)
+        driven = present & _slots(valid_next, index)  # present now and next: keeps its IDM state
+        s_next = torch.where(driven, state.agent_s + dist, s_log)
+        v_next = torch.where(driven, speed, v_log)
+        pose, curvature = _path_pose_and_curvature(paths, s_next)
+        idm_states = torch.cat([pose, (v_next * torch.cos(pose[..., 2]))[..., None],
+                                (v_next * torch.sin(pose[..., 2]))[..., None]], -1)
+        slot_states = torch.where(driven[..., None], idm_states, _slots(log_next, index))
+        # Slots name distinct agents, so scattering them back is exact (padding slots write the log).
+        agents = log_next.scatter(1, index[..., None].expand(-1, -1, 5), slot_states)
+        return agents, s_next, v_next, curvature * paths.slot[..., None]
+
+    # ------------------------------------------------------------------ planner inputs
+    def observe(self, state: SimState) -> Observation:
+        return observe(state)
+
+    def privileged(self, state: SimState) -> Privileged:
+        return privileged(state)
+
+    # ------------------------------------------------------------------ closed loop
+    def run(self, batch: ScenarioBatch, planner: Planner) -> Rollout:
+        """Drive ``planner`` through every scenario of ``batch`` (called every ``plan_every``
+        steps; the last plan is tracked in between) and return the :class:`Rollout`.
+
+        The loop runs until the longest scenario ends; shorter ones keep being simulated past
+        their end, but the rollout masks those steps out (``step_valid``) and zeroes them.
+        """
+        cfg = self.config
+        state = self.reset(batch)
+        steps = int((state.static.last - state.static.start).max())
+        records = [_record(state, None)]
+        for k in range(steps):
+            traj = None
+            if k % cfg.plan_every == 0:
+                priv = self.privileged(state) if planner.privileged else None
+                traj = planner.plan(self.observe(state), priv)
+            state = self.step(state, traj)
+            plan = state.plan.poses if (cfg.record_plans and state.plan is not None) else None
+            records.append(_record(state, plan))
+        return _rollout(state.static, records, planner.name, cfg.record_plans)
+
+
+def run(batch: ScenarioBatch, planner: Planner, config: SimConfig | None = None) -> Rollout:
+    """Simulate ``planner`` closed-loop on ``batch`` with the builtin simulator."""
+    return BuiltinSimulator(config).run(batch, planner)
+
+
+@dataclass(frozen=True)
+class _Record:
+    ego: Tensor  # [B, 5]
+    accel: Tensor  # [B, 2]
+    yaw_rate: Tensor  # [B]
+    yaw_accel: Tensor  # [B]
+    agents: Tensor  # [B, N, 5]
+    valid: Tensor  # [B, N]
+    plan: Tensor | None  # [B, H, 3] the plan tracked during the step that led here
+
+
+def _record(state: SimState, plan: Tensor | None) -> _Record:
+    e = state.ego
+    return _Record(e.state5(), e.body_accel(), e.yaw_rate, e.yaw_accel, state.agents, state.agent_valid, plan)
+
+
+def _log_derivatives(batch: ScenarioBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """Body-frame acceleration ``[B, T, 2]``, yaw rate and yaw acceleration ``[B, T]`` of the
+    logged ego by backward differences (0 at step 0)."""
+    ego, dt = batch.ego, batch.dt
+    speed = ego[..., 3] * torch.cos(ego[..., 2]) + ego[..., 4] * torch.sin(ego[..., 2])
+
+    def back(x: Tensor) -> Tensor:
+        return torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], 1) / dt
+
+    yaw_rate = torch.cat([torch.zeros_like(speed[:, :1]), wrap_angle(ego[:, 1:, 2] - ego[:, :-1, 2])], 1) / dt
+    return torch.stack([back(speed), speed * yaw_rate], -1), yaw_rate, back(yaw_rate)
+
+
+def _rollout(static: SimStatic, records: list[_Record], planner: str, record_plans: bool) -> Rollout:
+    """Assemble the per-step records (step ``k`` = log step ``start + k``) into a :class:`Rollout`
+    over the batch's ``T`` steps: the log before ``start``, the simulation from ``start`` on,
+    zeros where ``step_valid`` is False."""
+    batch = static.batch
+    B, T = batch.step_valid.shape
+    dev = batch.ego.device
+    K = len(records)
+    t = torch.arange(T, device=dev)[None, :]
+    k = (t - static.start[:, None]).clamp(0, K - 1)  # [B, T]
+    simulated = t >= static.start[:, None]
+    keep = batch.step_valid
+
+    def place(stacked: Tensor, logged: Tensor) -> Tensor:
+        """``stacked`` ``[B, K, ...]`` per step -> ``[B, T, ...]`` with ``logged`` before the start."""
+        idx = k.reshape(B, T, *([1] * (stacked.dim() - 2))).expand(B, T, *stacked.shape[2:])
+        out = torch.where(simulated.reshape(B, T, *([1] * (stacked.dim() - 2))), stacked.gather(1, idx), logged)
+        return out * keep.reshape(B, T, *([1] * (stacked.dim() - 2))).to(out.dtype)
+
+    log_accel, log_yaw_rate, log_yaw_accel = _log_derivatives(batch)
+    ego = place(torch.stack([r.ego for r in records], 1), batch.ego)
+    accel = place(torch.stack([r.accel for r in records], 1), log_accel)
+    yaw_rate = place(torch.stack([r.yaw_rate for r in records], 1), log_yaw_rate)
+    yaw_accel = place(torch.stack([r.yaw_accel for r in records], 1), log_yaw_accel)
+    agents_bt = place(torch.stack([r.agents for r in records], 1), batch.agents.transpose(1, 2))
+    valid_bt = place(torch.stack([r.valid for r in records], 1), batch.agent_valid.transpose(1, 2)).bool()
+    planned = None
+    if record_plans:
+        H = max((r.plan.shape[1] for r in records if r.plan is not None), default=1)
+        nan = torch.full((B, H, 3), math.nan, dtype=batch.ego.dtype, device=dev)
+
+        def padded(p: Tensor | None) -> Tensor:
+            if p is None:
+                return nan
+            return torch.cat([p, p[:, -1:].expand(B, H - p.shape[1], 3)], 1) if p.shape[1] < H else p
+
+        # The plan returned at step k is the one recorded with step k + 1.
+        per_step = torch.stack([padded(r.plan) for r in records[1:]] + [nan], 1)
+        planned = place(per_step, torch.full((B, T, H, 3), math.nan, dtype=batch.ego.dtype, device=dev))
+        planned = torch.where(keep[..., None, None], planned, torch.full_like(planned, math.nan))
+    return Rollout(
+        scenario=batch,
+        ego=ego,
+        ego_accel=accel,
+        ego_yaw_rate=yaw_rate,
+        ego_yaw_accel=yaw_accel,
+        agents=agents_bt.transpose(1, 2).contiguous(),
+        agent_valid=valid_bt.transpose(1, 2).contiguous(),
+        step_valid=batch.step_valid,
+        start_step=static.start,
+        agent_mode=static.config.agents,
+        planner=planner,
+        planned=planned,
+    )

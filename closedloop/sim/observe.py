@@ -1,0 +1,308 @@
+"""Build what a planner sees (:class:`Observation`) and what a privileged planner may add
+(:class:`Privileged`) from a batch and a simulation state.
+
+The map is prepared once per batch (:func:`prepare_map`): every lane resampled to ``P`` points
+and the route centreline resampled at 1 m. Each observation then only ranks and gathers: the
+nearest agents, lanes and drivable edges by top-k, and the next route points after the ego's
+projection onto the route. Everything is vectorised over the batch (no Python loop over
+scenarios, agents or lanes). Output tensors are in the ego frame at "now" (origin at the rear
+axle, x forward, y left), SI units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from av.batch import ScenarioBatch
+from av.geometry import to_frame, wrap_angle
+from av.observation import Observation, Privileged
+
+if TYPE_CHECKING:
+    from closedloop.sim.builtin import SimState
+
+ROUTE_SPACING = 1.0  # m
+_KEY_STRIDE = 1.0e6  # m; lanes are far shorter, so lane index * stride + arc length sorts points
+
+
+@dataclass(frozen=True)
+class MapCache:
+    """Per-batch map tensors prepared once (``B`` scenarios, ``L`` lanes, ``S`` route points).
+
+    * ``lanes`` ``[B, L, P, 3]``: each lane's centreline resampled to ``P`` points evenly spaced
+      in arc length (x, y, heading); ``lane_valid`` bool ``[B, L]``; ``lane_on_route`` bool
+      ``[B, L]``; ``lane_speed_limit`` ``[B, L]`` m/s (NaN unknown).
+    * ``route`` ``[B, S, 3]``: the route lanes' centrelines concatenated and resampled every
+      ``ROUTE_SPACING`` m; ``route_valid`` bool ``[B, S]``.
+    * ``edges`` ``[B, E, 4]`` drivable-area edges, ``edge_valid`` bool ``[B, E]``, ``edge_mid``
+      ``[B, E, 2]`` their midpoints (for ranking).
+
+    Every axis has at least one (possibly invalid) entry, so lookups never meet an empty axis.
+    """
+
+    lanes: Tensor
+    lane_valid: Tensor
+    lane_on_route: Tensor
+    lane_speed_limit: Tensor
+    route: Tensor
+    route_valid: Tensor
+    edges: Tensor
+    edge_valid: Tensor
+    edge_mid: Tensor
+
+
+def _interp_polyline(points: Tensor, key: Tensor, query: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Linear interpolation of ``points`` ``[B, Q, 3]`` (x, y, heading) at ``query`` ``[B, K]``.
+
+    ``key`` ``[B, Q]`` is non-decreasing (float64); the segment index is kept in ``[lo, hi]``
+    (``[B, K]``), so a query never interpolates across two polylines.
+    """
+    i = (torch.searchsorted(key, query, right=True) - 1).clamp_min(lo).minimum(hi)
+    k0, k1 = key.gather(1, i), key.gather(1, i + 1)
+    frac = ((query - k0) / (k1 - k0).clamp_min(1e-9)).clamp(0.0, 1.0).to(points.dtype)
+    p0 = points.gather(1, i[..., None].expand(-1, -1, 3))
+    p1 = points.gather(1, (i + 1)[..., None].expand(-1, -1, 3))
+    xy = p0[..., :2] + frac[..., None] * (p1[..., :2] - p0[..., :2])
+    heading = wrap_angle(p0[..., 2] + frac * wrap_angle(p1[..., 2] - p0[..., 2]))
+    return torch.cat([xy, heading[..., None]], -1)
+
+
+def _arc_length(points: Tensor, same: Tensor) -> Tensor:
+    """Cumulative length ``[B, Q]`` (float64) along ``points`` ``[B, Q, >=2]``, counting only the
+    steps ``q-1 -> q`` where ``same[:, q]`` (bool ``[B, Q]``, False at q = 0)."""
+    step = (points[:, 1:, :2] - points[:, :-1, :2]).double().norm(dim=-1) * same[:, 1:]
+    return torch.cat([torch.zeros_like(step[:, :1]), step.cumsum(1)], 1)
+
+
+def prepare_map(batch: ScenarioBatch, lane_points: int) -> MapCache:
+    """Resample lanes (``lane_points`` each) and the route (1 m) of every scenario of ``batch``."""
+    dev = batch.lane_points.device
+    B, Q, _ = batch.lane_points.shape
+    L = batch.lane_valid.shape[1]
+    if L == 0 or Q < 2:
+        lanes = torch.zeros(B, 1, lane_points, 3, dtype=batch.ego.dtype, device=dev)
+        none = torch.zeros(B, 1, dtype=torch.bool, device=dev)
+        lane_cache = (lanes, none, none, torch.full((B, 1), math.nan, dtype=batch.ego.dtype, device=dev))
+        route_pts, route_valid = lanes[:, 0, :1], none
+    else:
+        lane_cache, (route_pts, route_valid) = _resample_lanes(batch, lane_points)
+    edges, edge_valid = batch.drivable_edges, batch.drivable_edge_valid
+    if edges.shape[1] == 0:
+        edges = torch.zeros(B, 1, 4, dtype=batch.ego.dtype, device=dev)
+        edge_valid = torch.zeros(B, 1, dtype=torch.bool, device=dev)
+    return MapCache(
+        lanes=lane_cache[0], lane_valid=lane_cache[1], lane_on_route=lane_cache[2],
+        lane_speed_limit=lane_cache[3], route=route_pts, route_valid=route_valid,
+        edges=edges, edge_valid=edge_valid, edge_mid=0.5 * (edges[..., :2] + edges[..., 2:]),
+    )
+
+
+def _resample_lanes(batch: ScenarioBatch, lane_points: int) -> tuple[tuple[Tensor, ...], tuple[Tensor, Tensor]]:
+    """``(lanes, lane_valid, lane_on_route, lane_speed_limit)`` and ``(route, route_valid)`` of a
+    batch with at least one lane and two lane points (see :class:`MapCache`)."""
+    dev = batch.lane_points.device
+    B, Q, _ = batch.lane_points.shape
+    L = batch.lane_valid.shape[1]
+    pts = batch.lane_points
+    lane = batch.lane_point_lane
+    lane_key = torch.where(lane < 0, torch.full_like(lane, L), lane)  # padding sorts last
+    same = torch.zeros_like(lane, dtype=torch.bool)
+    same[:, 1:] = (lane[:, 1:] == lane[:, :-1]) & (lane[:, 1:] >= 0)
+    s = _arc_length(pts, same)
+    lanes_idx = torch.arange(L, device=dev).expand(B, L).contiguous()
+    first = torch.searchsorted(lane_key, lanes_idx).clamp_max(Q - 1)  # [B, L]
+    count = torch.searchsorted(lane_key, lanes_idx, right=True) - first
+    s_within = s - s.gather(1, first.gather(1, lane_key.clamp_max(L - 1)))
+    key = lane_key.double() * _KEY_STRIDE + s_within
+    length = torch.zeros(B, L, dtype=torch.float64, device=dev)
+    length.scatter_reduce_(1, lane_key.clamp_max(L - 1), torch.where(lane >= 0, s_within, 0.0), "amax")
+    frac = torch.linspace(0.0, 1.0, lane_points, dtype=torch.float64, device=dev)
+    query = (lanes_idx.double()[..., None] * _KEY_STRIDE + length[..., None] * frac).reshape(B, L * lane_points)
+    lo = first.repeat_interleave(lane_points, 1)
+    hi = (first + (count - 2).clamp_min(0)).clamp_max(Q - 2).repeat_interleave(lane_points, 1)
+    lanes = _interp_polyline(pts, key, query, lo, hi).reshape(B, L, lane_points, 3)
+    lane_valid = batch.lane_valid & (count >= 2)
+    lanes = lanes * lane_valid[..., None, None]
+
+    route = batch.route  # [B, R]
+    R = route.shape[1]
+    on_route = torch.zeros(B, L + 1, dtype=torch.bool, device=dev)
+    on_route.scatter_(1, torch.where(route < 0, torch.full_like(route, L), route), True)
+    lane_on_route = on_route[:, :L] & lane_valid
+    lanes_out = (lanes, lane_valid, lane_on_route, batch.lane_speed_limit)
+
+    # Concatenate the route lanes' points in route order: slot m of row b is point ``within`` of
+    # route entry ``e`` where the running point counts of the entries pass m.
+    r_lane = route.clamp(0, L - 1)
+    r_first = first.gather(1, r_lane)
+    r_count = torch.where(route >= 0, count.gather(1, r_lane), 0)
+    r_end = r_count.cumsum(1)
+    total = r_end[:, -1] if R else torch.zeros(B, dtype=torch.long, device=dev)
+    M = int(total.max()) if R else 0
+    if M < 2:
+        none = torch.zeros(B, 1, dtype=torch.bool, device=dev)
+        return lanes_out, (torch.zeros(B, 1, 3, dtype=pts.dtype, device=dev), none)
+    m = torch.arange(M, device=dev).expand(B, M).contiguous()
+    e = torch.searchsorted(r_end, m, right=True).clamp_max(R - 1)
+    within = m - (r_end - r_count).gather(1, e)
+    flat = (r_first.gather(1, e) + within).clamp(0, Q - 1)
+    rpts = pts.gather(1, flat[..., None].expand(-1, -1, 3))
+    rvalid = m < total[:, None]
+    rs = _arc_length(rpts, torch.cat([torch.zeros_like(rvalid[:, :1]), rvalid[:, 1:]], 1))
+    rlen = rs.gather(1, (total - 1).clamp_min(0)[:, None])[:, 0] * (total >= 2)
+    S = int(math.floor(float(rlen.max()) / ROUTE_SPACING)) + 1
+    rq = (torch.arange(S, device=dev, dtype=torch.float64) * ROUTE_SPACING).expand(B, S).contiguous()
+    # Padding slots repeat the arc length of the last point, so the key stays sorted.
+    rkey = torch.where(rvalid, rs, rlen[:, None])
+    hi_r = (total - 2).clamp_min(0)[:, None].expand(B, S)
+    route_pts = _interp_polyline(rpts, rkey, rq, torch.zeros_like(hi_r), hi_r)
+    route_valid = (rq <= rlen[:, None] + 1e-6) & (total >= 2)[:, None]
+    return lanes_out, (route_pts * route_valid[..., None], route_valid)
+
+
+def _nearest(dist: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Indices ``[B, k]`` of the ``k`` smallest valid ``dist`` ``[B, M]`` (nearest first) and
+    whether each slot holds a valid item (``k`` may exceed ``M``: the rest is padding)."""
+    B, M = dist.shape
+    d = torch.where(valid, dist, torch.full_like(dist, math.inf))
+    kk = min(k, M)
+    if kk:
+        vals, idx = torch.topk(d, kk, dim=1, largest=False, sorted=True)
+    else:
+        vals = torch.zeros(B, 0, dtype=dist.dtype, device=dist.device)
+        idx = torch.zeros(B, 0, dtype=torch.long, device=dist.device)
+    pad = k - kk
+    if pad:
+        idx = torch.cat([idx, torch.zeros(B, pad, dtype=idx.dtype, device=idx.device)], 1)
+        vals = torch.cat([vals, torch.full((B, pad), math.inf, dtype=vals.dtype, device=vals.device)], 1)
+    return idx, torch.isfinite(vals)
+
+
+def _states_to_frame(states: Tensor, pose: Tensor) -> Tensor:
+    """States ``[B, ..., 5]`` (x, y, yaw, vx, vy) in the frame of ``pose`` ``[B, 3]``."""
+    extra = states.dim() - 2
+    p = pose.reshape(pose.shape[0], *([1] * extra), 3)
+    xy = to_frame(states[..., :2], p)
+    c, s = torch.cos(p[..., 2]), torch.sin(p[..., 2])
+    vx, vy = states[..., 3], states[..., 4]
+    yaw = wrap_angle(states[..., 2] - p[..., 2])
+    return torch.cat([xy, yaw[..., None], (c * vx + s * vy)[..., None], (-s * vx + c * vy)[..., None]], -1)
+
+
+def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[b, idx[b, k], ...]`` for ``x`` ``[B, M, ...]`` and ``idx`` ``[B, K]`` (zeros where
+    ``M == 0``)."""
+    if x.shape[1] == 0:
+        return x.new_zeros(x.shape[0], idx.shape[1], *x.shape[2:])
+    b = torch.arange(x.shape[0], device=x.device)[:, None]
+    return x[b, idx]
+
+
+def nearest_agents(state: "SimState", k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` agents nearest the ego now: indices ``[B, k]`` and slot validity ``[B, k]``."""
+    d = (state.agents[..., :2] - state.ego.pose[:, None, :2]).norm(dim=-1)
+    return _nearest(d, state.agent_valid, k)
+
+
+def observe(state: "SimState") -> Observation:
+    """The :class:`Observation` of ``state`` (sizes from its config; ego frame at now)."""
+    cfg, batch, cache = state.static.config, state.static.batch, state.static.map
+    pose = state.ego.pose
+    ego_hist = _states_to_frame(torch.stack(state.ego_trace, 1), pose)
+
+    idx, slot = nearest_agents(state, cfg.num_agents)
+    agents = torch.stack([_gather_rows(a, idx) for a in state.agent_trace], 2)  # [B, K, H, 5]
+    agent_valid = torch.stack([_gather_rows(v, idx) for v in state.valid_trace], 2) & slot[..., None]
+    agents = _states_to_frame(agents, pose) * agent_valid[..., None]
+    types = torch.where(slot, _gather_rows(batch.agent_types, idx), torch.full_like(idx, -1))
+    sizes = _gather_rows(batch.agent_sizes, idx) * slot[..., None]
+
+    lane_d = (cache.lanes[..., :2] - pose[:, None, None, :2]).norm(dim=-1).amin(-1)  # [B, L]
+    lidx, lslot = _nearest(lane_d, cache.lane_valid, cfg.num_lanes)
+    lanes = _gather_rows(cache.lanes, lidx)
+    lanes_xy = to_frame(lanes[..., :2], pose[:, None, None, :])
+    lanes_h = wrap_angle(lanes[..., 2] - pose[:, None, None, 2])
+    lanes = torch.cat([lanes_xy, lanes_h[..., None]], -1) * lslot[..., None, None]
+    lane_limit = torch.where(lslot, _gather_rows(cache.lane_speed_limit, lidx), math.nan)
+    on_route = _gather_rows(cache.lane_on_route, lidx) & lslot
+
+    route, route_valid = route_ahead(state, cfg.route_points)
+
+    ed = (cache.edge_mid - pose[:, None, :2]).norm(dim=-1)
+    eidx, eslot = _nearest(ed, cache.edge_valid, cfg.num_edges)
+    edges = _gather_rows(cache.edges, eidx)
+    e0 = to_frame(edges[..., :2], pose[:, None, :])
+    e1 = to_frame(edges[..., 2:], pose[:, None, :])
+    edges = torch.cat([e0, e1], -1) * eslot[..., None]
+
+    return Observation(
+        ego_history=ego_hist,
+        ego_dims=batch.ego_dims,
+        agents=agents,
+        agent_valid=agent_valid,
+        agent_types=types,
+        agent_sizes=sizes,
+        lanes=lanes,
+        lane_valid=lslot,
+        lane_speed_limit=lane_limit,
+        lane_on_route=on_route,
+        route=route,
+        route_valid=route_valid,
+        drivable_edges=edges,
+        drivable_edge_valid=eslot,
+        pose=pose,
+        dt=batch.dt,
+        route_spacing=ROUTE_SPACING,
+    )
+
+
+def route_ahead(state: "SimState", count: int) -> tuple[Tensor, Tensor]:
+    """The next ``count`` route points ``[B, count, 3]`` (ego frame) from the ego's projection
+    onto the route (the nearest route point heading the same way, within 90 degrees), and their
+    validity ``[B, count]``."""
+    cache = state.static.map
+    pose = state.ego.pose
+    S = cache.route.shape[1]
+    d = (cache.route[..., :2] - pose[:, None, :2]).square().sum(-1)
+    against = wrap_angle(cache.route[..., 2] - pose[:, None, 2]).abs() > math.pi / 2
+    d = torch.where(cache.route_valid & ~against, d, torch.where(cache.route_valid, d + 1e6, math.inf))
+    start = d.argmin(1)  # [B]
+    idx = start[:, None] + torch.arange(count, device=pose.device)
+    inside = idx < S
+    idx = idx.clamp_max(S - 1)
+    pts = _gather_rows(cache.route, idx)
+    valid = inside & _gather_rows(cache.route_valid, idx)
+    xy = to_frame(pts[..., :2], pose[:, None, :])
+    h = wrap_angle(pts[..., 2] - pose[:, None, 2])
+    return torch.cat([xy, h[..., None]], -1) * valid[..., None], valid
+
+
+def privileged(state: "SimState") -> Privileged:
+    """Logged futures after now (``future_steps`` of them, ego frame at now), the agents in the
+    same order as :func:`observe` shows them."""
+    cfg, batch = state.static.config, state.static.batch
+    B, T = batch.step_valid.shape
+    F = cfg.future_steps
+    pose = state.ego.pose
+    t = state.t[:, None] + torch.arange(1, F + 1, device=pose.device)  # [B, F]
+    inside = t < T
+    tc = t.clamp_max(T - 1)
+    b = torch.arange(B, device=pose.device)[:, None]
+    ego_valid = inside & batch.step_valid[b, tc]
+    ego_future = _states_to_frame(batch.ego[b, tc], pose) * ego_valid[..., None]
+    idx, slot = nearest_agents(state, cfg.num_agents)
+    K = idx.shape[1]
+    if batch.agents.shape[1]:
+        agents = batch.agents[b[..., None], idx[..., None], tc[:, None, :]]  # [B, K, F, 5]
+        a_valid = batch.agent_valid[b[..., None], idx[..., None], tc[:, None, :]]
+        a_valid = a_valid & slot[..., None] & inside[:, None, :]
+    else:
+        agents = batch.agents.new_zeros(B, K, F, 5)
+        a_valid = torch.zeros(B, K, F, dtype=torch.bool, device=pose.device)
+    agents = _states_to_frame(agents, pose) * a_valid[..., None]
+    return Privileged(ego_future=ego_future, ego_future_valid=ego_valid, agents_future=agents,
+                      agents_future_valid=a_valid)
