@@ -11,7 +11,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 import torch
-from conftest import build_scenario
+from conftest import LANE_WIDTH, build_map, build_scenario, rectangle, straight_lane
 
 from av.batch import collate
 from av.cli.main import main
@@ -23,6 +23,7 @@ from closedloop.planners.constant_velocity import ConstantVelocityPlanner
 from closedloop.planners.log_replay import LogReplayPlanner
 from closedloop.sim import BuiltinSimulator, SimConfig, Simulator, make_simulator, run
 from closedloop.sim.builtin import resample_plan
+from closedloop.sim.observe import prepare_map
 from closedloop.sim.vehicle import (
     GainTable, VehicleLimits, VehicleState, bicycle_step, lqr_lateral_gains, make_plan, track,
 )
@@ -370,3 +371,108 @@ def test_log_replay_tracks_real_drives_within_a_decimetre(real_scenarios: list[S
     assert float(err.max()) < 0.1
     assert float(err.mean()) < 0.03
     assert not bool(r.ego_accel[simulated].isnan().any())
+
+
+# ---------------------------------------------------------------------------- route polyline
+def route_polyline(scenarios: list[Scenario]) -> list[torch.Tensor]:
+    """Each scenario's prepared route ``[S, 3]`` (valid points only, scenario frame)."""
+    cache = prepare_map(collate(scenarios), 20)
+    return [cache.route[b][cache.route_valid[b]] for b in range(len(scenarios))]
+
+
+def concatenated_route(sc: Scenario) -> np.ndarray:
+    """Reference: the route lanes' points concatenated whole, resampled every metre (x, y)."""
+    m = sc.map
+    pts = np.concatenate([m.lane_points[m.lane_point_offsets[i]:m.lane_point_offsets[i + 1], :2] for i in sc.route])
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+    q = np.arange(int(np.floor(s[-1])) + 1, dtype=np.float64)
+    return np.stack([np.interp(q, s, pts[:, 0]), np.interp(q, s, pts[:, 1])], 1)
+
+
+def chord_turns(route: torch.Tensor) -> torch.Tensor:
+    """Direction change (rad) between consecutive chords of a polyline ``[S, >=2]``."""
+    d = (route[1:, :2] - route[:-1, :2]).double()
+    ang = torch.atan2(d[:, 1], d[:, 0])
+    return (ang[1:] - ang[:-1] + math.pi) % (2 * math.pi) - math.pi
+
+
+def two_lane_scenario(id: str, a: tuple[float, float, float], b: tuple[float, float, float],
+                      successors: list[list[int]]) -> Scenario:
+    """The hand-made scenario on a map of two straight lanes ``(x0, x1, y)`` with route ``[0, 1]``."""
+    h = LANE_WIDTH / 2
+    spans = [a, b]
+    lanes = build_map(
+        centrelines=[straight_lane(x0, x1, y) for x0, x1, y in spans], connectors=[False, False],
+        speed_limits=[13.9, 13.9], successors=successors,
+        polygons=[rectangle(x0, y - h, x1, y + h) for x0, x1, y in spans],
+        rings=[rectangle(-20.0, -h, 120.0, LANE_WIDTH + h)],
+    )
+    return build_scenario(id=id, num_agents=0).replace(map=lanes, route=np.array([0, 1])).validate()
+
+
+@pytest.mark.parametrize("a, b, start, join_x", [
+    ((-20.0, 60.0, 0.0), (20.0, 120.0, LANE_WIDTH), (-20.0, 0.0), 20.0),  # change mid-lane
+    ((-20.0, 40.0, 0.0), (-20.0, 120.0, LANE_WIDTH), (-20.0, LANE_WIDTH), -20.0),  # B alongside all of A
+    ((-20.0, 40.0, 0.0), (45.0, 120.0, 1.0), (-20.0, 0.0), 40.0),  # a gap in the lane graph
+])
+def test_route_through_a_lane_change_never_runs_backwards(
+    a: tuple[float, float, float], b: tuple[float, float, float], start: tuple[float, float], join_x: float,
+) -> None:
+    """Whole-lane concatenation would run to A's end and jump back to B's start; the route
+    instead leaves A where B begins and joins B on a gentle diagonal, always forward."""
+    sc = two_lane_scenario("change", a, b, successors=[[], []])
+    route = route_polyline([sc])[0]
+    step = route[1:, :2] - route[:-1, :2]
+    assert float(step.norm(dim=-1).min()) > 0.97 and float(step.norm(dim=-1).max()) < 1.0 + 1e-4
+    assert float(step[:, 0].min()) > 0.95  # every step goes forward (+x): no backward jump
+    assert float(chord_turns(route).abs().max()) < math.radians(16)
+    assert float(route[:, 2].abs().max()) < 1e-5  # the lanes' heading throughout
+    assert route[0, :2].tolist() == pytest.approx(list(start), abs=1e-4)
+    assert route[-1, :2].tolist() == pytest.approx([120.0, b[2]], abs=1.0)
+    # on A (y = 0) up to where B begins, on B (its y) once the ramp is done
+    on_a = route[route[:, 0] < join_x - 0.5]  # A's last kept point is 0.5 m before B's start
+    assert float(on_a[:, 1].abs().sum()) < 1e-3
+    on_b = route[route[:, 0] > join_x + 4.0 * abs(b[2] - a[2]) + 1.0]
+    assert float((on_b[:, 1] - b[2]).abs().max()) < 1e-4
+    # the arc length grows along x
+    s = torch.cat([torch.zeros(1), step.norm(dim=-1).cumsum(0)])
+    assert bool((s[1:] > s[:-1]).all()) and float(s[-1]) < 140.0 + 1.0
+
+
+def test_connected_route_is_the_lanes_concatenated() -> None:
+    sc = build_scenario(num_agents=0)  # route 0 -> 1 -> 2 along the lane graph
+    joined = two_lane_scenario("joined", (-20.0, 40.0, 0.0), (40.0, 120.0, 0.0), successors=[[1], []])
+    for case, route in zip((sc, joined), route_polyline([sc, joined])):
+        ref = concatenated_route(case)
+        assert route.shape[0] == len(ref) == 141
+        assert np.allclose(route[:, :2].numpy(), ref, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def lane_change_drives() -> list[Scenario]:
+    from av.paths import nuscenes_mini_dir
+
+    root = nuscenes_mini_dir()
+    if root is None:
+        pytest.skip("real nuScenes-mini data not found")
+    from av.data.nuscenes import ImportConfig, load_nuscenes
+
+    return list(load_nuscenes(root, ImportConfig(scenes="scene-0757,scene-1100")))
+
+
+def test_real_routes_run_forward_along_the_logged_drive(lane_change_drives: list[Scenario]) -> None:
+    assert len(lane_change_drives) == 2
+    batch = collate(lane_change_drives)
+    for b, (sc, route) in enumerate(zip(lane_change_drives, route_polyline(lane_change_drives))):
+        assert len(route) >= 10
+        step = (route[1:, :2] - route[:-1, :2]).norm(dim=-1)
+        assert float(step.min()) > 0.9 and float(step.max()) < 1.0 + 1e-3
+        assert float(chord_turns(route).abs().max()) < math.pi / 2, sc.id  # no reversal
+        ego = batch.ego[b][batch.step_valid[b], :2]
+        gap = (ego[:, None] - route[None, :, :2]).norm(dim=-1).amin(1)
+        assert float((gap < 3.0).float().mean()) > 0.9, sc.id
+        m = sc.map
+        linked = all(int(j) in m.lane_successors[m.lane_successor_offsets[i]:m.lane_successor_offsets[i + 1]]
+                     for i, j in zip(sc.route[:-1], sc.route[1:]))
+        if linked:  # nothing to repair: exactly the lanes concatenated
+            assert np.allclose(route[:, :2].numpy(), concatenated_route(sc), atol=2e-3)

@@ -104,11 +104,19 @@ class RoutePath:
     def project(self, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Project ``points`` ``[B, M, 2]`` onto the path: arc length ``[B, M]`` (m), signed
         lateral offset ``[B, M]`` (m, left positive) and path heading there ``[B, M]`` (rad)."""
-        a, b = self.xy[:, None, :-1], self.xy[:, None, 1:]  # [B, 1, S-1, 2]
-        dist, t = point_segment_distance(points[:, :, None], a, b)  # [B, M, S-1]
-        j = dist.argmin(-1, keepdim=True)  # [B, M, 1]
-        t = t.gather(-1, j).squeeze(-1)
-        j = j.squeeze(-1)
+        # Broad phase: the nearest path vertex ([B, M, S] squared distances, cheap); narrow
+        # phase: the two segments that meet there (the nearest segment touches the nearest
+        # vertex unless the path folds back within a few metres).
+        S = self.xy.shape[1]
+        near = torch.cdist(points, self.xy).argmin(-1)  # [B, M]
+        cand = torch.stack([near - 1, near], -1).clamp(0, S - 2)  # [B, M, 2] segment indices
+        flat = cand.reshape(cand.shape[0], -1)
+        a = self.xy.gather(1, flat[..., None].expand(-1, -1, 2)).reshape(*cand.shape, 2)
+        b = self.xy.gather(1, (flat + 1)[..., None].expand(-1, -1, 2)).reshape(*cand.shape, 2)
+        dist, t = point_segment_distance(points[:, :, None], a, b)  # [B, M, 2]
+        pick = dist.argmin(-1, keepdim=True)
+        t = t.gather(-1, pick).squeeze(-1)
+        j = cand.gather(-1, pick).squeeze(-1)
         seg = self.s.diff(dim=1)  # [B, S-1]
         s = self.s[:, :-1].gather(1, j) + t * seg.gather(1, j)
         pa = self.xy[:, :-1].gather(1, j[..., None].expand(-1, -1, 2))

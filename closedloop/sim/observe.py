@@ -2,9 +2,10 @@
 (:class:`Privileged`) from a batch and a simulation state.
 
 The map is prepared once per batch (:func:`prepare_map`): every lane resampled to ``P`` points
-and the route centreline resampled at 1 m. Each observation then only ranks and gathers: the
-nearest agents, lanes and drivable edges by top-k, and the next route points after the ego's
-projection onto the route. Everything is vectorised over the batch (no Python loop over
+and the route centreline resampled at 1 m (always running forward, even through lane changes:
+see :func:`_forward_route`). Each observation then only ranks and gathers: the nearest agents,
+lanes and drivable edges by top-k, and the next route points after the ego's projection onto
+the route. Everything is vectorised over the batch (no Python loop over
 scenarios, agents or lanes). Output tensors are in the ego frame at "now" (origin at the rear
 axle, x forward, y left), SI units.
 """
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
 
 ROUTE_SPACING = 1.0  # m
 _KEY_STRIDE = 1.0e6  # m; lanes are far shorter, so lane index * stride + arc length sorts points
+# Where the route leaves a lane for one that does not continue it (a lane change, or a gap in the
+# lane graph), it joins the new lane at least _JOIN_RAMP m forward per metre sideways, or at the
+# latest _JOIN_MAX_M m along the new lane.
+_JOIN_RAMP = 4.0
+_JOIN_MAX_M = 15.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,14 @@ def _resample_lanes(batch: ScenarioBatch, lane_points: int) -> tuple[tuple[Tenso
     flat = (r_first.gather(1, e) + within).clamp(0, Q - 1)
     rpts = pts.gather(1, flat[..., None].expand(-1, -1, 3))
     rvalid = m < total[:, None]
+    if R >= 2:
+        keep = _forward_route(rpts, rvalid, e, s_within.gather(1, flat), route, batch.lane_successors,
+                              r_end, r_count)
+        # Compact the kept points (in order) to the front of each row.
+        total = keep.sum(1)
+        src = torch.searchsorted(keep.long().cumsum(1), m + 1).clamp_max(M - 1)
+        rpts = rpts.gather(1, src[..., None].expand(-1, -1, 3))
+        rvalid = m < total[:, None]
     rs = _arc_length(rpts, torch.cat([torch.zeros_like(rvalid[:, :1]), rvalid[:, 1:]], 1))
     rlen = rs.gather(1, (total - 1).clamp_min(0)[:, None])[:, 0] * (total >= 2)
     S = int(math.floor(float(rlen.max()) / ROUTE_SPACING)) + 1
@@ -162,6 +176,70 @@ def _resample_lanes(batch: ScenarioBatch, lane_points: int) -> tuple[tuple[Tenso
     route_pts = _interp_polyline(rpts, rkey, rq, torch.zeros_like(hi_r), hi_r)
     route_valid = (rq <= rlen[:, None] + 1e-6) & (total >= 2)[:, None]
     return lanes_out, (route_pts * route_valid[..., None], route_valid)
+
+
+def _forward_route(rpts: Tensor, rvalid: Tensor, entry: Tensor, s_lane: Tensor, route: Tensor,
+                   successors: Tensor, r_end: Tensor, r_count: Tensor) -> Tensor:
+    """Which points (bool ``[B, M]``) of the concatenated route lanes to keep so the route only
+    runs forward.
+
+    ``rpts`` ``[B, M, 3]`` are the route lanes' points in route order (``rvalid`` bool ``[B, M]``);
+    ``entry`` ``[B, M]`` the route entry of each slot, ``s_lane`` ``[B, M]`` its arc length along
+    its own lane; ``route`` ``[B, R]`` (``R >= 2``), ``successors`` ``[B, L, S]`` the lane graph;
+    ``r_end`` / ``r_count`` ``[B, R]`` each entry's end slot (exclusive) and point count.
+
+    Where entry ``e + 1`` continues entry ``e`` (its lane is a successor) nothing is dropped. At
+    any other transition A -> B (a lane change, or lanes the graph does not connect), A is cut at
+    the projection of B's first point onto A (its nearest point of A, kept if B's first point
+    lies ahead of it), and B's leading points are dropped until one lies ahead of the last point
+    kept before B (the anchor): at least ``_JOIN_RAMP`` times as far forward, along the anchor's
+    heading, as sideways, or ``_JOIN_MAX_M`` m along B (and forward in any case). So no kept
+    point falls behind the route before it and a lane change becomes a gentle diagonal.
+    """
+    B, M, _ = rpts.shape
+    R = route.shape[1]
+    dev = rpts.device
+    L, S = successors.shape[1], successors.shape[2]
+    m = torch.arange(M, device=dev).expand(B, M)
+    r_lane = route.clamp(0, L - 1)
+    succ = successors.gather(1, r_lane[:, :-1, None].expand(-1, -1, S))  # [B, R - 1, S]
+    linked = (succ == route[:, 1:, None]).any(-1) & (route[:, 1:] >= 0) & (route[:, :-1] >= 0)
+    joined = torch.cat([torch.ones_like(linked[:, :1]), linked], 1)  # entry e continues e - 1
+    r_start = (r_end - r_count).clamp_max(M - 1)
+    xy, u = rpts[..., :2], torch.stack([torch.cos(rpts[..., 2]), torch.sin(rpts[..., 2])], -1)
+
+    # 1. Cut A where B (not its successor) starts: keep A's points before B's first point.
+    cut = torch.cat([~linked & (r_count[:, 1:] > 0), torch.zeros_like(linked[:, :1])], 1)  # [B, R]
+    b0 = xy.gather(1, r_end.clamp_max(M - 1).gather(1, entry)[..., None].expand(-1, -1, 2))
+    dist = torch.where(rvalid, (b0 - xy).norm(dim=-1), math.inf)
+    dmin = torch.full((B, R), math.inf, dtype=dist.dtype, device=dev).scatter_reduce(
+        1, entry, dist, "amin")
+    at_min = rvalid & (dist <= dmin.gather(1, entry))
+    nearest = torch.full((B, R), M, dtype=torch.long, device=dev).scatter_reduce(
+        1, entry, torch.where(at_min, m, M), "amin").gather(1, entry)
+    before = (m < nearest) | ((m == nearest) & (((b0 - xy) * u).sum(-1) > 0))
+    keep0 = rvalid & (~cut.gather(1, entry) | before)
+
+    # 2. Drop B's leading points until one lies well ahead of the anchor. Twice, so an entry
+    # dropped whole in the first pass hands the anchor on to the entry after it.
+    keep = keep0
+    entries = torch.arange(R, device=dev)
+    for _ in range(2):
+        last = torch.full((B, R), -1, dtype=torch.long, device=dev).scatter_reduce(
+            1, entry, torch.where(keep, m, -1), "amax")
+        anchor = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], 1).cummax(1).values
+        check = (anchor >= 0) & ~(joined & (entry.gather(1, anchor.clamp_min(0)) == entries - 1))
+        a = anchor.gather(1, entry).clamp_min(0)
+        v = xy - xy.gather(1, a[..., None].expand(-1, -1, 2))
+        ua = u.gather(1, a[..., None].expand(-1, -1, 2))
+        along = (v * ua).sum(-1)
+        side = (v[..., 0] * ua[..., 1] - v[..., 1] * ua[..., 0]).abs()
+        ok = (along > 1e-3) & ((along >= _JOIN_RAMP * side) | (s_lane >= _JOIN_MAX_M))
+        ok = ok | ~check.gather(1, entry)
+        count = ok.long().cumsum(1)
+        passed = count > (count - ok.long()).gather(1, r_start.gather(1, entry))
+        keep = keep0 & passed
+    return keep
 
 
 def _nearest(dist: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
