@@ -19,12 +19,33 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
+import torch
 
+from av.paths import nuscenes_mini_dir
 from av.types import AgentType, MapData, Provenance, Scenario, Source, VehicleParams
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Test batches are tiny: extra intra-op threads only add synchronisation (and stall badly
+    on a busy 2-core machine), so every test runs single-threaded and restores the setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def root() -> Path:
+    """The real nuScenes-mini dataroot (skips the test where it is absent)."""
+    r = nuscenes_mini_dir()
+    if r is None:
+        pytest.skip("real nuScenes-mini data not found ($AV_SHARED_DATA or ../shared/data/nuscenes-mini)")
+    return r
 
 LANE_WIDTH = 3.5
 SPEED_LIMIT = 13.9

@@ -14,19 +14,10 @@ from typing import Callable
 import pytest
 
 from av.cli.main import main
-from av.paths import nuscenes_mini_dir
 
 VERSION = "v1.0-mini"
 
 Edit = Callable[[Path], None]
-
-
-@pytest.fixture(scope="module")
-def root() -> Path:
-    r = nuscenes_mini_dir()
-    if r is None:
-        pytest.skip("real nuScenes-mini data not found ($AV_SHARED_DATA or ../shared/data/nuscenes-mini)")
-    return r
 
 
 def mirror(root: Path, dest: Path, replace: dict[str, bytes | None]) -> Path:

@@ -35,20 +35,11 @@ from av.data.nuscenes import (
 )
 from av.errors import AvError
 from av.geometry import points_in_rings
-from av.paths import nuscenes_mini_dir
 from av.types import AgentType, Scenario, wrap_angle
 from scenarios.store import read_store, write_store
 from test_bad_inputs import mirror
 
 VERSION = "v1.0-mini"
-
-
-@pytest.fixture(scope="module")
-def root() -> Path:
-    r = nuscenes_mini_dir()
-    if r is None:
-        pytest.skip("real nuScenes-mini data not found ($AV_SHARED_DATA or ../shared/data/nuscenes-mini)")
-    return r
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -30,16 +29,6 @@ from closedloop.sim.vehicle import (
 
 DT = 0.1
 WHEELBASE = 2.588
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """These batches are tiny: extra intra-op threads only add synchronisation (and stall badly
-    on a busy machine), so the tests run single-threaded and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def vehicle(B: int = 1, speed: float = 0.0, steer: float = 0.0, accel: float = 0.0) -> VehicleState:
@@ -352,7 +341,7 @@ def test_scenarios_without_map_or_agents_run_and_observe_nothing() -> None:
 
 
 def test_bench_cli_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "sim", "--batches", "1,2", "--agents", "3", "--steps", "3"]) == 0
+    assert main(["bench", "sim", "--batches", "1,2", "--agents", "3", "--steps", "3", "--eval-scenarios", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [row["batch"] for row in out["sim"]] == [1, 2]
     for row in out["sim"]:

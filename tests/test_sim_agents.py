@@ -5,7 +5,7 @@ reactive agents re-drive the log exactly, and the collision kernel agrees with b
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -22,16 +22,6 @@ from closedloop.sim.collision import collision_flags, obb_overlap, overlapping_p
 DT = 0.1
 T = 80
 HIST = 10
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """These batches are tiny: extra intra-op threads only add synchronisation (and stall badly
-    on a busy machine), so the tests run single-threaded and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def track(x0: float, vx: float, y: float = 0.0, accel: float = 0.0) -> np.ndarray:

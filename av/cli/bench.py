@@ -5,6 +5,11 @@ agent-agent collision checks) on synthetic batches (a straight four-lane road, r
 random speeds, no data needed) beside a bare vectorised NumPy kernel of the same bicycle update
 and box-overlap test, in the same process. Progress goes to stderr.
 
+It also times a full closed-loop evaluation (simulator + IDM planner + every metric) of
+``--eval-scenarios`` 15 s scenarios (synthetic drives from ``av data synth``, repeated) under the
+``"eval"`` key. ``av bench variants`` times variant generation + validation; ``av bench all``
+prints every figure in one object.
+
 The JSON is built as a dict by functions such as :func:`bench_sim`; other benchmarks add their
 own top-level keys to the same object.
 """
@@ -216,7 +221,51 @@ def _sim(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise AvError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    print(json.dumps(bench_sim(batches, args.agents, args.steps, args.seed)))
+    figures = bench_sim(batches, args.agents, args.steps, args.seed)
+    if args.eval_scenarios > 0:
+        figures["eval"] = _bench_eval(args.eval_scenarios, args.seed)
+    print(json.dumps(figures))
+    return 0
+
+
+def _synthetic_drives(drives: int, seed: int) -> list[Scenario]:
+    """Drives written by ``av data synth`` to a temporary dataroot and read back by the adapter."""
+    import tempfile
+    from pathlib import Path
+
+    from av.data.nuscenes import ImportConfig, load_nuscenes
+    from av.data.synth import SynthConfig, write_synthetic_dataroot
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = SynthConfig(drives=drives, seed=seed)
+        root = write_synthetic_dataroot(Path(tmp) / "root", cfg)
+        return list(load_nuscenes(root, ImportConfig(version=cfg.version)))
+
+
+def _bench_eval(n: int, seed: int) -> dict:
+    from closedloop.bench import bench_eval, tile
+
+    print(f"bench eval: {n} scenarios (synthetic drives, repeated), IDM planner", file=sys.stderr)
+    return bench_eval(tile(_synthetic_drives(12, seed), n), planner="idm", agents="log")
+
+
+def _variants(args: argparse.Namespace) -> int:
+    print(json.dumps({"variants": _bench_variants(args.seed)}))
+    return 0
+
+
+def _bench_variants(seed: int) -> dict:
+    from scenarios.variants import bench_variants
+
+    print("bench variants: generating and validating variants of synthetic drives", file=sys.stderr)
+    return bench_variants(_synthetic_drives(6, seed), per_scenario=8, seed=seed)
+
+
+def _all(args: argparse.Namespace) -> int:
+    figures = bench_sim((1, 64, 1024), 32, 50, args.seed)
+    figures["eval"] = _bench_eval(1000, args.seed)
+    figures["variants"] = _bench_variants(args.seed)
+    print(json.dumps(figures))
     return 0
 
 
@@ -231,4 +280,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 compares like with like against the "
                         "single-threaded NumPy kernel and is steadier on a busy machine)")
+    s.add_argument("--eval-scenarios", type=int, default=1000,
+                   help="scenarios of the full closed-loop evaluation timing, 0 to skip (default: 1000)")
     s.set_defaults(func=_sim)
+    v = cmds.add_parser("variants", help="variants generated and validated per second")
+    v.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    v.set_defaults(func=_variants)
+    a = cmds.add_parser("all", help="every benchmark, one JSON object")
+    a.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    a.set_defaults(func=_all)
