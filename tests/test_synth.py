@@ -365,6 +365,39 @@ def test_the_adapter_imports_validates_and_round_trips(dataroot: Path, tmp_path:
 
 
 # ------------------------------------------------------------------------------------------------
+# The synthetic ego is the reference driver of closed-loop evaluation
+
+
+def test_log_replay_of_the_default_drives_scores_as_a_reference_driver(tmp_path: Path) -> None:
+    """Replayed by the log-replay planner in the simulator and scored by the nuPlan evaluator, the
+    ``av pipeline`` default drives lose (almost) nothing: in particular the ego keeps its
+    time-to-collision (right turns close to oncoming traffic used to fail it)."""
+    from av.batch import collate
+    from av.data.nuscenes import ImportConfig, load_nuscenes
+    from closedloop.evaluator import evaluate
+    from closedloop.planner import make_planner
+    from closedloop.sim import SimConfig, make_simulator
+
+    root = write_synthetic_dataroot(tmp_path / "root", SynthConfig(drives=6, seed=0))
+    scenarios = list(load_nuscenes(root, ImportConfig(version=VERSION)))
+    assert len(scenarios) == 6
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            sim = make_simulator("builtin", SimConfig(agents="log"))
+            rollout = sim.run(collate(scenarios), make_planner("log_replay"))
+            scores = evaluate(rollout)
+    finally:
+        torch.set_num_threads(threads)
+    cls = scores["cls"].double()
+    detail = {s.id: (round(float(c), 3), float(ttc)) for s, c, ttc in zip(scenarios, cls, scores["ttc"])}
+    assert float(cls.mean()) >= 0.9, detail
+    assert int((scores["ttc"] < 1).sum()) <= 1, detail
+    assert float(scores["no_collision"].min()) == 1.0 and float(scores["progress"].min()) > 0.95, detail
+
+
+# ------------------------------------------------------------------------------------------------
 # Bad input
 
 

@@ -13,17 +13,25 @@ and speed ``v`` along it. One step updates all actors at once with numpy:
   conflicting connector (crossing or merging, :attr:`Network.conflicts`) is held by a vehicle
   not yet past the conflict, and no conflicting request came earlier (first come, first
   served). Otherwise the vehicle waits at the junction mouth, before any crossing there; so
-  does a vehicle that would have to stop for pedestrians just past the junction.
+  does a vehicle that would have to stop for pedestrians just past the junction. Requests are
+  made by the distance to where the vehicle would wait.
 * **Crossings**: a pedestrian steps onto the road only when no vehicle that could not stop
   comfortably is heading for a lane they reach within 6 m; vehicles yield to pedestrians who
-  are that close to their lane or on it.
+  are that close to their lane or on it, stopping 1 m before the crossing (the ego: 2.5 m).
 * **Events**: a lead vehicle in front of the ego (on the ego's path) brakes hard once, after a
   random time, when both are on the same road lane, at least 8 m before its end, and the lead
   is at most 30 m ahead of the ego's rear axle.
 * The ego obeys all of it within -2.4..1.8 m/s^2 and 4 m/s^3.
 
 After a run every pair of boxes is checked at every step; an actor in any overlap (never the ego)
-is removed and the run repeated, so the written traffic never collides.
+is removed and the run repeated, so the written traffic never collides. The ego is meant to be
+the reference driver of closed-loop evaluation, so it must also pass the nuPlan time-to-collision
+check when replayed; the run is checked for near misses of the ego (:func:`near_miss`, stricter
+than nuPlan's check) and repeated until there are none (after 8 reruns: removing the other actor). A near miss in a junction (typically: the
+ego's straight-ahead projection in a right turn reaching oncoming traffic) makes the ego take that
+junction 20 % slower than it did (not below 1.5 m/s); then, or for one just before a junction,
+the ego waits 1 s longer at its mouth; any other near miss (oncoming traffic in a bend) removes
+the other actor.
 """
 
 from __future__ import annotations
@@ -55,6 +63,16 @@ _COMMIT_DECEL = 2.0  # a vehicle that needs more than this to stop before a conf
 _REQUEST_DECEL = 1.5  # requests are made early enough to stop with this, m/s^2
 _NEAR_M = 50.0  # actors are placed this close to the first 120 m of the ego's route
 _PED_REACH = 6.0  # a pedestrian this close (m) to a lane, or on it, has right of way over it
+# The ego's near-miss check (:func:`near_miss`), stricter than nuPlan's time to collision
+_TTC_S = 1.1  # boxes are projected this far ahead (nuPlan: 0.9 s), s
+_TTC_MARGIN = 0.2  # the ego's box is grown by this on every side, m
+_TTC_AHEAD_DEG = 33.0  # candidates this far off the ego's heading (nuPlan: 30 degrees), outside junctions
+# ... and what a near miss at a junction changes before the drive is run again
+_MAX_RETRIES = 8  # reruns per drive
+_SLOWER = 0.8  # in the junction: the ego's speed limit there becomes this times its speed at the near miss
+_MIN_TURN_SPEED = 1.5  # ... but not below this, m/s; then it lets the other actor pass first:
+_WAIT_S = 1.0  # ... it enters the junction this much later than it did (or than it last waited), s
+_MOUTH_M = 8.0  # a near miss with the ego's front this close before a junction also counts as at it, m
 ZOE = VehicleParams()
 
 
@@ -70,14 +88,15 @@ class Style:
     acc_max: float
     jerk: float  # |da/dt| bound, m/s^3
     a_lat: float  # lateral acceleration in curves
+    crossing_gap: float  # distance (m) from the front bumper to a pedestrian crossing when stopped for it
 
 
 STYLES = {
-    "ego": Style(1.2, 1.8, 1.6, 1.5, -2.4, 1.8, 4.0, 1.8),
-    "car": Style(1.5, 2.0, 1.3, 1.5, -4.5, 2.5, 10.0, 2.2),
-    "truck": Style(1.0, 1.8, 1.6, 2.0, -4.0, 1.5, 10.0, 1.8),
-    "bicycle": Style(1.0, 1.5, 1.2, 1.0, -3.5, 1.5, 10.0, 2.0),
-    "pedestrian": Style(1.0, 1.5, 0.8, 0.3, -3.0, 1.5, 20.0, 3.0),
+    "ego": Style(1.2, 1.8, 1.6, 1.5, -2.4, 1.8, 4.0, 1.8, 2.5),
+    "car": Style(1.5, 2.0, 1.3, 1.5, -4.5, 2.5, 10.0, 2.2, 1.0),
+    "truck": Style(1.0, 1.8, 1.6, 2.0, -4.0, 1.5, 10.0, 1.8, 1.0),
+    "bicycle": Style(1.0, 1.5, 1.2, 1.0, -3.5, 1.5, 10.0, 2.0, 1.0),
+    "pedestrian": Style(1.0, 1.5, 0.8, 0.3, -3.0, 1.5, 20.0, 3.0, 0.0),
 }
 CATEGORIES = {
     "ego": "",
@@ -626,13 +645,15 @@ def _next_span(ids: np.ndarray, spans: np.ndarray, rear: np.ndarray) -> tuple[np
     return k, np.where(has, ids[rows, k], -1), start, np.where(has, spans[rows, k, 1], math.inf)
 
 
-def simulate(net: Network, actors: list[Actor], steps: int, dt: float) -> tuple[np.ndarray, ...]:
+def simulate(net: Network, actors: list[Actor], steps: int, dt: float,
+             ego_waits: dict[int, float] | None = None) -> tuple[np.ndarray, ...]:
     """Run the moving actors (the ``path`` ones, in order; the ego first) for ``steps`` steps
-    of ``dt`` s. Static actors are obstacles only.
+    of ``dt`` s. Static actors are obstacles only. ``ego_waits``: connector -> time (s) before which
+    the ego does not enter it (it waits at the junction mouth).
 
     Returns poses ``[A, T, 3]`` (x, y, yaw of the box centre; the ego's rear axle), speed
-    ``[A, T]`` m/s, ``active`` bool ``[A, T]`` with ``T = steps + 1``, and ``braked`` bool
-    ``[A]``: the actor's braking event happened.
+    ``[A, T]`` m/s, ``active`` bool ``[A, T]`` with ``T = steps + 1``, ``braked`` bool
+    ``[A]``: the actor's braking event happened, and the arc lengths ``[A, T]`` along the paths.
     """
     moving = [a for a in actors if a.path is not None]
     still = [a for a in actors if a.path is None]
@@ -675,7 +696,8 @@ def simulate(net: Network, actors: list[Actor], steps: int, dt: float) -> tuple[
 
         # crossings: a pedestrian steps on when no vehicle is committed to a lane they will
         # reach soon; vehicles yield to pedestrians about to reach or on their lane
-        z_committed = active & ar.is_vehicle & (zone >= 0) & (front + v**2 / (2 * _COMMIT_DECEL) > z0 - 0.5)
+        z_stop = z0 - st["crossing_gap"]  # where a vehicle stops for a crossing
+        z_committed = active & ar.is_vehicle & (zone >= 0) & (front + v**2 / (2 * _COMMIT_DECEL) > z_stop + 0.5)
         intent = active & ar.is_ped & (time >= ar.t_intent) & (front >= ar.gate - 3.0) & (rear < ar.far)
         cw = np.maximum(ar.crosswalk, 0)
         progress = -ar.side * ((pos - ar.cw_centre[cw]) * ar.cw_normal[cw]).sum(-1)  # along the walk, m
@@ -685,17 +707,19 @@ def simulate(net: Network, actors: list[Actor], steps: int, dt: float) -> tuple[
         released |= intent & ~(near & z_committed[:, None]).any(0)
         wall = np.where(ar.is_ped & ~released, np.minimum(wall, ar.gate), wall)
         yield_ = (zone >= 0) & ~z_committed & near.any(1)
-        wall = np.where(yield_, np.minimum(wall, z0 - 1.0), wall)
+        wall = np.where(yield_, np.minimum(wall, z_stop), wall)
 
         # junctions: request, grant (first come, first served), or wait at the mouth; a vehicle
         # that will have to stop at the crossing just past the junction waits outside it
-        stop_line = np.where((z1 < c0) & (z1 > c0 - 8.0) & (z0 > front), z0 - 1.0, c0 - 0.5)  # before a crossing
+        stop_line = np.where((z1 < c0) & (z1 > c0 - 8.0) & (z0 > front), z_stop, c0 - 0.5)  # before a crossing
         committed = dist < v**2 / (2 * _COMMIT_DECEL) + 0.5
         exit_blocked = yield_ & (z0 > c0) & (z0 < c1 + 8.0) & ~committed
+        if ego_waits and time < ego_waits.get(int(cur[0]), -math.inf) and not committed[0]:
+            exit_blocked[0] = True
         reserved = np.where(exit_blocked, -1, reserved)
         holder = (cur >= 0) & (reserved == cur) & active
         cand = active & ar.is_vehicle & (cur >= 0) & ~holder & ~exit_blocked
-        cand &= dist < v**2 / (2 * _REQUEST_DECEL) + v + 3.0
+        cand &= stop_line - front < v**2 / (2 * _REQUEST_DECEL) + v + 3.0
         since = np.where(cand & (requested != cur), t, since)
         requested = np.where(cand, cur, requested)
         pair = net.conflicts[np.maximum(cur, 0)[:, None], np.maximum(cur, 0)[None]]
@@ -734,7 +758,7 @@ def simulate(net: Network, actors: list[Actor], steps: int, dt: float) -> tuple[
         v = v_new
         active &= ~(ar.is_vehicle & (s + half_front >= end - 0.05) & (idx > 0))  # drives off the map edge
     xy, yaw = _lookup(ar, out_s)
-    return np.concatenate([xy, yaw[..., None]], -1), out_v, out_on, brake_end > -math.inf
+    return np.concatenate([xy, yaw[..., None]], -1), out_v, out_on, brake_end > -math.inf, out_s
 
 
 def _lookup_profile(ar: _Arrays, s: np.ndarray) -> np.ndarray:
@@ -772,23 +796,106 @@ def first_overlap(actors: list[Actor], pose: np.ndarray, active: np.ndarray) -> 
     return int(iu[m[k]]), int(ju[m[k]])
 
 
+def near_miss(actors: list[Actor], pose: np.ndarray, speed: np.ndarray, active: np.ndarray,
+              junction: np.ndarray) -> tuple[int, int] | None:
+    """The first step and actor ``(k, j)`` at which the ego (``actors[0]``) fails the nuPlan
+    time-to-collision check (METRICS.md 1.7) made stricter, else ``None``.
+
+    ``pose``, ``speed``, ``active``: as in :class:`Drive`; ``junction`` bool ``[T]``: the ego is
+    in a junction. Candidates are the actors less than :data:`_TTC_AHEAD_DEG` off the ego's
+    heading (seen from its rear axle), or, in a junction, anything not behind it. Both boxes move
+    on along their headings at their speeds for up to :data:`_TTC_S` s, the ego's grown by
+    :data:`_TTC_MARGIN`: the replayed drive differs a little from the written one (tracking,
+    2 Hz annotations), and the margins cover that.
+    """
+    N = len(actors)
+    yaw = pose[..., 2]
+    heading = np.stack([np.cos(yaw), np.sin(yaw)], -1)  # [N, T, 2]
+    rear = pose[0, :, :2]
+    centre = pose[..., :2].copy()
+    centre[0] = rear + ZOE.rear_axle_to_center * heading[0]
+    rel = pose[1:, :, :2] - rear[None]
+    cos = (rel * heading[0][None]).sum(-1) / np.maximum(np.hypot(rel[..., 0], rel[..., 1]), 1e-9)
+    cone = (cos > math.cos(math.radians(_TTC_AHEAD_DEG))) | (junction[None] & (cos >= math.cos(math.radians(150.0))))
+    grow = np.r_[2 * _TTC_MARGIN, np.zeros(N - 1)]
+    length = np.array([a.size[1] for a in actors]) + grow
+    width = np.array([a.size[0] for a in actors]) + grow
+    reach = 0.5 * (np.hypot(length[0], width[0]) + np.hypot(length[1:], width[1:]))[:, None]
+    reach = reach + (speed[:1] + speed[1:]) * _TTC_S
+    gap = np.hypot(*(centre[1:] - centre[:1]).transpose(2, 0, 1))
+    cand = active[1:] & active[:1] & cone & (speed[:1] > 0.005) & (gap <= reach + 1e-3)
+    n, k = np.nonzero(cand)
+    if len(n) == 0:
+        return None
+    n = n + 1
+    ahead = np.arange(1, int(round(_TTC_S / 0.1)) + 1) * 0.1  # [J] s
+
+    def box(i: np.ndarray) -> torch.Tensor:  # corners [M, J, 4, 2] of actors i at steps k, moved on
+        xy = centre[i, k][:, None] + (speed[i, k][:, None] * ahead)[..., None] * heading[i, k][:, None]
+        shape = (len(k), len(ahead))
+        t = torch.from_numpy
+        return box_corners(t(xy), t(np.broadcast_to(yaw[i, k][:, None], shape).copy()),
+                           t(np.broadcast_to(length[i][:, None], shape).copy()),
+                           t(np.broadcast_to(width[i][:, None], shape).copy()))
+
+    hit = boxes_overlap(box(np.zeros_like(n)), box(n)).numpy().any(1)
+    if not hit.any():
+        return None
+    i = np.flatnonzero(hit)[np.argmin(k[hit])]
+    return int(k[i]), int(n[i])
+
+
+def _capped(path: Path, s0: float, s1: float, cap: float) -> Path:
+    """``path`` with its speed limit at most ``cap`` between arc lengths ``s0`` and ``s1``."""
+    s = np.arange(len(path.vmax)) * DS
+    vmax = np.where((s >= s0) & (s <= s1), np.minimum(path.vmax, cap), path.vmax)
+    return Path(path.xy, path.heading, vmax, path.lanes, path.lane_start)
+
+
 def run_drive(net: Network, rng: np.random.Generator, steps: int, dt: float) -> Drive:
-    """Place actors, simulate, and drop actors until no two boxes overlap at any step."""
+    """Place actors and simulate; drop actors until no two boxes overlap at any step, and until
+    the ego has no near miss (:func:`near_miss`): one in a junction is first met by the ego taking
+    that junction more slowly, then by it waiting longer at its mouth."""
     actors, route, movement = populate(net, rng, steps * dt)
-    for _ in range(len(actors)):
+    ego = actors[0]
+    spans = np.array([(ego.path.lane_start[j], ego.path.lane_start[j + 1], lane)
+                      for j, lane in enumerate(ego.path.lanes) if net.lanes[lane].is_connector]).reshape(-1, 3)
+    waits: dict[int, float] = {}
+    retries = 0
+    for _ in range(len(actors) + _MAX_RETRIES):
         moving = [a for a in actors if a.path is not None]
-        mp, speed, on, braked = simulate(net, actors, steps, dt)
+        mp, speed, on, braked, arc = simulate(net, actors, steps, dt, waits)
         still = [a for a in actors if a.path is None]
         pose = np.concatenate([mp, np.array([a.pose for a in still]).reshape(-1, 1, 3).repeat(steps + 1, 1)])
         speed = np.concatenate([speed, np.zeros((len(still), steps + 1))])
         on = np.concatenate([on, np.ones((len(still), steps + 1), bool)])
         ordered = moving + still
         hit = first_overlap(ordered, pose, on)
-        if hit is None:
+        if hit is not None:
+            victim = max(hit, key=lambda i: actors.index(ordered[i]))
+            actors.remove(ordered[victim])
+            continue
+        s_ego = arc[0]
+        in_junction = ((s_ego[:, None] > spans[None, :, 0] - 1.5) & (s_ego[:, None] < spans[None, :, 1] + 1.5)).any(1)
+        miss = near_miss(ordered, pose, speed, on, in_junction)
+        if miss is None:
             lead_braked = any(b and a.role == "lead" for a, b in zip(moving, braked))
             return Drive(tuple(ordered), pose, speed, on, tuple(route), _tags(movement, ordered, lead_braked))
-        victim = max(hit, key=lambda i: actors.index(ordered[i]))
-        actors.remove(ordered[victim])
+        k, j = miss
+        front = s_ego + ZOE.rear_axle_to_center + ZOE.length / 2
+        at = (front[k] > spans[:, 0] - _MOUTH_M) & (s_ego[k] < spans[:, 1] + 1.5)  # the junction it is at, if any
+        if at.any() and retries < _MAX_RETRIES:
+            retries += 1
+            c0, c1, c = spans[int(np.argmax(at))]
+            if in_junction[k] and speed[0, k] * _SLOWER >= _MIN_TURN_SPEED:  # take the junction more slowly
+                ego.path = _capped(ego.path, c0 - 3.0, c1 + 2.0, float(speed[0, k]) * _SLOWER)
+                continue
+            if ordered[j].path is not None:  # let the other actor pass first
+                entered = front >= c0
+                enter = int(np.argmax(entered)) * dt if entered.any() else k * dt
+                waits[int(c)] = max(waits.get(int(c), -math.inf), enter) + _WAIT_S
+                continue
+        actors.remove(ordered[j])
     raise RuntimeError(f"{net.location}: the traffic did not settle")
 
 
