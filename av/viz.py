@@ -13,6 +13,7 @@ trail, the plan, the time stamp and the view window.
 from __future__ import annotations
 
 import io
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -253,7 +254,7 @@ class _Panel:
         )
         if track.highlight:
             ax.text(
-                0.5, 0.98, track.highlight, transform=ax.transAxes, va="top", ha="center", fontsize=10,
+                0.5, 0.98, textwrap.fill(track.highlight, 60), transform=ax.transAxes, va="top", ha="center", fontsize=9,
                 color="white", bbox=dict(boxstyle="round,pad=0.3", fc=EGO_COLOR, ec="none"), zorder=10,
             )
         _scale_bar(ax)

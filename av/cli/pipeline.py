@@ -4,7 +4,8 @@ Stages (each writes under ``--out`` and is skipped when its output is already co
 ``data`` (synthesize the default dataroot unless ``--dataroot`` is given) -> ``import``
 (scenario store) -> ``pictures`` (bird's-eye views of a few drives) -> ``eval`` (every
 baseline planner in closed loop with log-replay and reactive agents: results, summary, HTML
-report) -> ``variants`` (seeded variants of every scenario, with provenance).
+report) -> ``variants`` (seeded variants of every scenario, with provenance) ->
+``adversarial`` (variants that lower the IDM planner's CLS-NR while PDM-Closed still solves them).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--planners", default="log_replay,constant_velocity,idm,pdm_closed",
                    help="planners evaluated in closed loop (default: all baselines)")
     p.add_argument("--variants-per-scenario", type=int, default=2, help="variants per scenario (default: 2)")
+    p.add_argument("--adversarial-budget", type=int, default=32,
+                   help="variants scored in the adversarial search against the IDM planner, 0 to skip (default: 32)")
     p.add_argument("--force", action="store_true", help="redo stages whose outputs exist")
     p.set_defaults(func=run)
 
@@ -100,6 +103,26 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{len(made)} variants of {len(parents)} scenarios in {variants}")
 
     _stage("variants", (variants / "manifest.json").is_file(), args.force, make_variants)
+
+    adversarial = out / "adversarial"
+
+    def search() -> None:
+        import json
+
+        from av.cli.scenarios import closedloop_scorer
+        from av.fileio import atomic_write_json
+        from scenarios.adversarial import adversarial_search
+
+        parents = read_store(store)
+        found, report = adversarial_search(
+            parents, closedloop_scorer("log", 64, "cpu"), "idm", args.adversarial_budget, args.seed)
+        used = {v.provenance.parent_id for v in found if v.provenance}
+        write_store(adversarial, [*(p for p in parents if p.id in used), *found])
+        atomic_write_json(adversarial / "report.json", report.as_dict())
+        console.print(json.dumps(report.as_dict()))
+
+    if args.adversarial_budget > 0:
+        _stage("adversarial", (adversarial / "report.json").is_file(), args.force, search)
     _print_summary(evaldir, store_count(store))
     return 0
 
