@@ -402,3 +402,27 @@ def test_cli_variants_writes_variants_with_their_parents(make_scenario, tmp_path
     err = capsys.readouterr().err
     assert rc == 2 and "--transforms: unknown transform 'warp'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_mines_hard_examples_around_the_lowest_scoring_scenarios(make_scenario, tmp_path, capsys) -> None:
+    """``--hard-from RUN_DIR``: variants only around the scenarios the planner scored lowest on."""
+    from av.cli.main import main
+    from closedloop.runner import read_results
+
+    write_store(tmp_path / "in", [make_scenario(num_steps=60, road_length=200.0, num_agents=1),
+                                  make_scenario(id="hand-1", num_steps=60, road_length=200.0, num_agents=0)])
+    assert main(["closedloop", "eval", "--store", str(tmp_path / "in"), "--planner", "constant_velocity",
+                 "--out", str(tmp_path / "run"), "--worst", "0", "--no-report"]) == 0
+    rows = read_results(tmp_path / "run").select("constant_velocity", "log")
+    cls = dict(zip(rows.column("scenario_id").tolist(), rows.column("cls").tolist()))
+    hardest = min(cls, key=lambda k: (cls[k], k))
+    capsys.readouterr()
+    assert main(["scenarios", "variants", "--store", str(tmp_path / "in"), "--per-scenario", "3",
+                 "--out", str(tmp_path / "hard"), "--hard-from", str(tmp_path / "run"),
+                 "--hard-planner", "constant_velocity", "--hardest", "1"]) == 0
+    out = read_store(tmp_path / "hard")
+    variants = [s for s in out if s.provenance is not None]
+    assert variants and {v.provenance.parent_id for v in variants} == {hardest}
+    assert main(["scenarios", "variants", "--store", str(tmp_path / "in"), "--out", str(tmp_path / "bad"),
+                 "--hard-from", str(tmp_path / "nowhere")]) == 2
+    assert "no results.parquet" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -4,6 +4,9 @@
 * ``av scenarios variants --store STORE --per-scenario K --seed S --out STORE2``: K plausible
   variants per scenario, with provenance, written with their parents (so that
   ``av viz STORE2 VARIANT_ID --with-parent`` works); prints the counts and rejections as JSON.
+  With ``--hard-from RUN_DIR --hard-planner NAME --hardest N`` it mines hard examples instead:
+  variants only around the N scenarios on which that planner scored the lowest CLS in the
+  evaluation run RUN_DIR (``av closedloop eval``).
 * ``av scenarios adversarial --store STORE --planner NAME --budget N --out STORE3``: variants on
   which the planner fails and the reference planner does not (cross-entropy search scored by the
   closed-loop simulator and evaluator: per-scenario CLS, non-reactive agents by default); writes
@@ -37,6 +40,11 @@ class VariantsOptions:
     seed: int = field(default=0, metadata={"help": "random seed"})
     transforms: str = field(default="", metadata={"help": "comma-separated transforms (empty: all registered)"})
     parents: bool = field(default=True, metadata={"help": "also write the parent scenarios"})
+    hard_from: str = field(default="", metadata={
+        "help": "an `av closedloop eval` run directory: mine variants around the lowest-CLS scenarios"})
+    hard_planner: str = field(default="idm", metadata={"help": "with --hard-from: the planner whose scores count"})
+    hard_agents: str = field(default="log", metadata={"help": "with --hard-from: the agent mode whose scores count"})
+    hardest: int = field(default=4, metadata={"help": "with --hard-from: how many lowest-scoring scenarios"})
 
 
 @dataclass(frozen=True)
@@ -116,7 +124,10 @@ def _variants(args: argparse.Namespace) -> int:
         raise AvError(f"--out {opts.out}: must differ from --store")
     names = _names(opts.transforms, transform_names(), "transform", "--transforms") or None
     parents = read_store(opts.store)
-    variants, stats = generate_variants(parents, opts.per_scenario, opts.seed, names)
+    if opts.hard_from:
+        parents, variants, stats = _mine(opts, parents, names)
+    else:
+        variants, stats = generate_variants(parents, opts.per_scenario, opts.seed, names)
     n = write_store(opts.out, [*(parents if opts.parents else []), *variants])
     summary = {"store": str(opts.out), "written": n, "parents": len(parents), **stats.as_dict()}
     print(json.dumps(summary, indent=2))
@@ -124,6 +135,27 @@ def _variants(args: argparse.Namespace) -> int:
         f"wrote {len(variants)} variants of {len(parents)} scenarios to {opts.out} "
         f"({sum(stats.rejected.values())} candidates rejected)")
     return 0
+
+
+def _mine(opts: VariantsOptions, parents: list[Scenario], names: list[str] | None) -> tuple:
+    """Hard-example mining: variants around the ``opts.hardest`` parents with the lowest CLS of
+    ``opts.hard_planner`` x ``opts.hard_agents`` in the eval run ``opts.hard_from``."""
+    from av.errors import AvError
+    from closedloop.runner import read_results
+    from scenarios.adversarial import mine_hard
+
+    table = read_results(Path(opts.hard_from))
+    if table is None:
+        raise AvError(f"--hard-from {opts.hard_from}: no results.parquet (run `av closedloop eval` first)")
+    rows = table.select(opts.hard_planner, opts.hard_agents)
+    cls = dict(zip(np.asarray(rows.column("scenario_id")).tolist(), np.asarray(rows.column("cls")).tolist()))
+    scored = [p for p in parents if p.id in cls]
+    if not scored:
+        raise AvError(f"--hard-from {opts.hard_from}: no {opts.hard_planner}/{opts.hard_agents} scores "
+                      f"for the scenarios of {opts.store}")
+    variants, stats = mine_hard(scored, [cls[p.id] for p in scored], opts.hardest, opts.per_scenario, opts.seed, names)
+    used = {v.provenance.parent_id for v in variants if v.provenance}
+    return [p for p in scored if p.id in used], variants, stats
 
 
 def _adversarial(args: argparse.Namespace) -> int:
