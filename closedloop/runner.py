@@ -36,8 +36,10 @@ from av.batch import collate
 from av.errors import AvError
 from av.fileio import atomic_write_bytes, atomic_write_json
 from av.types import Scenario
+from closedloop.evaluator import evaluate, reasons
 from closedloop.planner import Planner, make_planner
 from closedloop.rollout import Rollout
+from closedloop.sim import SimConfig, make_simulator
 from scenarios.store import iter_store, store_count
 
 SCHEMA_VERSION = 1
@@ -128,13 +130,6 @@ class ResultTable:
 # --------------------------------------------------------------------------- evaluation
 
 
-def _sim_and_eval() -> tuple[Any, Any, Any, Any]:
-    from closedloop.evaluator import evaluate, reasons
-    from closedloop.sim import SimConfig, make_simulator
-
-    return SimConfig, make_simulator, evaluate, reasons
-
-
 def _batches(store: Path, batch_size: int) -> Iterator[list[Scenario]]:
     """Scenarios of ``store`` in store order, in lists of at most ``batch_size`` sharing ``dt``."""
     pending: dict[float, list[Scenario]] = {}
@@ -184,7 +179,6 @@ def evaluate_planner(config: EvalConfig, planner: Planner) -> tuple[ResultTable,
     Returns the rows (sorted by scenario id) and the ``config.worst`` lowest-CLS scenarios among
     those that lost points.
     """
-    SimConfig, make_simulator, evaluate, reasons = _sim_and_eval()
     sim = make_simulator("builtin", SimConfig(agents=config.agents, plan_every=config.plan_every,
                                               record_plans=config.worst > 0))
     total = store_count(config.store)
