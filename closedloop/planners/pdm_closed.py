@@ -17,6 +17,7 @@ from torch import Tensor
 
 from av.geometry import box_corners, boxes_overlap, point_segment_distance
 from av.observation import Observation, Privileged, Trajectory
+from closedloop.evaluator.comfort import BOUNDS as COMFORT_BOUNDS
 from closedloop.planners.common import (
     AgentsOnPath,
     IDMParams,
@@ -63,12 +64,6 @@ class PDMConfig:
     weight_comfort: float = 2.0
     min_progress: float = 1.0
     offset_penalty: float = 0.1
-    max_lon_accel: float = 2.40
-    min_lon_accel: float = -4.05
-    max_lat_accel: float = 4.89
-    max_jerk: float = 4.13
-    max_yaw_rate: float = 0.95
-    max_yaw_accel: float = 1.93
 
 
 @dataclass(frozen=True)
@@ -302,7 +297,7 @@ def score_proposals(
     progress = torch.where(
         best > cfg.min_progress, (progress_m / best.clamp_min(1e-6)).clamp(0.0, 1.0), torch.ones_like(progress_m)
     )
-    comfort = _comfortable(sim, cfg, dt).to(dtype)
+    comfort = _comfortable(sim, dt).to(dtype)
 
     weights = cfg.weight_progress + cfg.weight_ttc + cfg.weight_comfort
     keep_lane = (1.0 - cfg.offset_penalty * offset.abs()).clamp_min(0.0)
@@ -387,17 +382,16 @@ def _off_road(obs: Observation, path: RoutePath, sim: Simulated, s: Tensor, dk: 
     return ((n % 2 == 1) & seen).any(-1)
 
 
-def _comfortable(sim: Simulated, cfg: PDMConfig, dt: float) -> Tensor:
+def _comfortable(sim: Simulated, dt: float) -> Tensor:
     """Within the comfort limits ``[B, K]``; jerk and yaw acceleration over 0.5 s windows."""
     w = max(1, int(round(0.5 / dt)))
     lat = sim.speed * sim.yaw_rate
     jerk = (sim.accel[..., w:] - sim.accel[..., :-w]) / (w * dt)
     yaw_acc = (sim.yaw_rate[..., w:] - sim.yaw_rate[..., :-w]) / (w * dt)
-    return (
-        (sim.accel.amax(-1) <= cfg.max_lon_accel)
-        & (sim.accel.amin(-1) >= cfg.min_lon_accel)
-        & (lat.abs().amax(-1) <= cfg.max_lat_accel)
-        & (jerk.abs().amax(-1) <= cfg.max_jerk)
-        & (sim.yaw_rate.abs().amax(-1) <= cfg.max_yaw_rate)
-        & (yaw_acc.abs().amax(-1) <= cfg.max_yaw_accel)
-    )
+    series = {"lon_accel": sim.accel, "lat_accel": lat, "lon_jerk": jerk, "yaw_rate": sim.yaw_rate,
+              "yaw_accel": yaw_acc}
+    ok = torch.ones(sim.accel.shape[:2], dtype=torch.bool, device=sim.accel.device)
+    for name, x in series.items():  # the evaluator's comfort bounds (nuPlan's)
+        lo, hi = COMFORT_BOUNDS[name]
+        ok &= (x.amax(-1) <= hi) & (x.amin(-1) >= lo)
+    return ok
