@@ -37,10 +37,21 @@ def _import(args: argparse.Namespace) -> int:
     from av.data.nuscenes import ImportConfig, load_nuscenes
     from scenarios.store import write_store
 
+    from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     cfg = config_from_args(ImportConfig, args)
-    scenarios = load_nuscenes(args.dataroot, cfg)
-    n = write_store(args.out, scenarios)
-    Console(stderr=True).print(f"wrote {n} scenarios to {args.out}")
+    console = Console(stderr=True)
+    columns = (SpinnerColumn(), TextColumn("importing {task.description}"), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(str(args.dataroot), total=None)
+
+        def counted():  # type: ignore[no-untyped-def]
+            for s in load_nuscenes(args.dataroot, cfg):
+                bar.advance(task)
+                yield s
+
+        n = write_store(args.out, counted())
+    console.print(f"wrote {n} scenarios to {args.out}")
     return 0
 
 
