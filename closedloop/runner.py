@@ -188,7 +188,8 @@ def evaluate_planner(config: EvalConfig, planner: Planner) -> tuple[ResultTable,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not config.progress, transient=True) as bar:
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, disable=not (config.progress and console.is_terminal), transient=True) as bar:
         task = bar.add_task(f"{planner.name} / {config.agents}", total=total)
         for k, chunk in enumerate(_batches(config.store, config.batch_size)):
             bar.update(task, description=f"{planner.name} / {config.agents} batch {k + 1}")
