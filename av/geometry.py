@@ -13,8 +13,9 @@ from torch import Tensor
 
 
 def wrap_angle(a: Tensor) -> Tensor:
-    """Wrap angles (rad) to ``[-pi, pi)``."""
-    return torch.remainder(a + math.pi, 2.0 * math.pi) - math.pi
+    """Wrap angles (rad) to ``[-pi, pi)`` (robust to the float edge where ``x % 2pi == 2pi``)."""
+    w = torch.remainder(a + math.pi, 2.0 * math.pi) - math.pi
+    return torch.where(w >= math.pi, w - 2.0 * math.pi, w)
 
 
 def to_frame(points: Tensor, pose: Tensor) -> Tensor:

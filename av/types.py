@@ -225,8 +225,9 @@ def _array_equal(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def wrap_angle(a: np.ndarray) -> np.ndarray:
-    """Wrap angles (rad) to ``[-pi, pi)``."""
-    return (np.asarray(a) + math.pi) % (2.0 * math.pi) - math.pi
+    """Wrap angles (rad) to ``[-pi, pi)`` (robust to the float edge where ``x % 2pi == 2pi``)."""
+    w = np.remainder(np.asarray(a) + math.pi, 2.0 * math.pi) - math.pi
+    return np.where(w >= math.pi, w - 2.0 * math.pi, w)
 
 
 @dataclass(frozen=True, eq=False)

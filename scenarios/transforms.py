@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from av.types import VX, VY, X, Y, YAW, AgentType, Scenario
+from av.types import VX, VY, X, Y, YAW, AgentType, Scenario, wrap_angle
 from scenarios.plausibility import finite_difference_velocity, on_drivable
 from scenarios.variants import Choice, Integers, Uniform, VariantError, register_transform
 
@@ -42,12 +42,6 @@ PED_SIZE = (0.7, 0.7)
 
 
 # ====================================================================== paths and tracks
-def _wrap(a: np.ndarray) -> np.ndarray:
-    """Angles wrapped to ``[-pi, pi)`` (robust to the float edge where ``x % 2pi == 2pi``)."""
-    w = np.remainder(np.asarray(a) + math.pi, 2.0 * math.pi) - math.pi
-    return np.where(w >= math.pi, w - 2.0 * math.pi, w)
-
-
 @dataclass(frozen=True)
 class _Paths:
     """``N`` logged paths as polylines over arc length, extended straight at both ends.
@@ -139,7 +133,7 @@ def _track(
     velocity by finite differences over the valid steps, zeros where ``valid`` is false."""
     out = np.zeros((*valid.shape, 5))
     out[..., X : Y + 1] = xy
-    out[..., YAW] = _wrap(yaw)
+    out[..., YAW] = wrap_angle(yaw)
     out[..., VX : VY + 1] = finite_difference_velocity(xy, valid, dt)
     out[~valid] = 0.0
     return out
@@ -248,7 +242,7 @@ def _extended_route(s: Scenario) -> list[int]:
         nxt = [int(j) for j in m.successors(lanes[-1]) if int(j) not in lanes]
         if not nxt:
             break
-        pick = min(nxt, key=lambda j: (abs(float(_wrap(m.lane(j)[0, 2] - end_heading))), j))
+        pick = min(nxt, key=lambda j: (abs(float(wrap_angle(m.lane(j)[0, 2] - end_heading))), j))
         lanes.append(pick)
         extra += float(np.linalg.norm(np.diff(m.lane(pick)[:, :2], axis=0), axis=1).sum())
     return lanes
@@ -387,7 +381,7 @@ def _lead(s: Scenario, route: _Route, who: str) -> int:
         sa, lat = _project(route.path, s.agents[rows, h, :2])
         _, heading = _sample(route.path, sa[None])
         ahead = sa - route.ego_s[h]
-        dyaw = np.abs(_wrap(s.agents[rows, h, YAW] - heading[0]))
+        dyaw = np.abs(wrap_angle(s.agents[rows, h, YAW] - heading[0]))
         ok = (ahead > _ego_front(s)) & (ahead < LEAD_RANGE_M) & (np.abs(lat) < 2.0) & (dyaw < math.pi / 4)
         if ok.any():
             return int(rows[ok][np.argmin(ahead[ok])])
@@ -444,7 +438,7 @@ def _adjacent_offsets(s: Scenario, route: _Route, at_s: float) -> dict[str, floa
     d = m.lane_points[:, :2] - xy[0]
     lon, lat = d[:, 0] * c + d[:, 1] * sn, -d[:, 0] * sn + d[:, 1] * c
     lane_of = np.repeat(np.arange(m.num_lanes), np.diff(m.lane_point_offsets))
-    same_dir = np.abs(_wrap(m.lane_points[:, 2] - heading[0])) < math.radians(30)
+    same_dir = np.abs(wrap_angle(m.lane_points[:, 2] - heading[0])) < math.radians(30)
     near = (np.abs(lon) < 4.0) & (np.abs(lat) > 2.5) & (np.abs(lat) < 5.5) & same_dir & ~np.isin(lane_of, s.route)
     out = {}
     for side, sign in (("left", 1.0), ("right", -1.0)):
@@ -602,7 +596,7 @@ def parked_vehicle(s: Scenario, rng: np.random.Generator, distance_m: float, int
         raise VariantError(f"{who}: no room on the drivable area at either lane edge")
     track = np.zeros((s.num_steps, 5))
     track[:, X : Y + 1] = spots[fits[int(rng.integers(fits.size))]]
-    track[:, YAW] = _wrap(np.array(yaw))
+    track[:, YAW] = wrap_angle(np.array(yaw))
     return _with_agent(s, _fresh_id(s, who), AgentType.VEHICLE, CAR_SIZE, track, np.ones(s.num_steps, bool))
 
 
