@@ -13,9 +13,14 @@ how the code base keeps privileged information out of what the car can run.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
+
+from av.errors import AvError
+from av.geometry import from_frame, wrap_angle
 
 
 @dataclass(frozen=True)
@@ -93,3 +98,29 @@ class Trajectory:
     @property
     def horizon_s(self) -> float:
         return float(self.poses.shape[1]) * self.dt
+
+    def resampled(self, dt: float) -> Tensor:
+        """Poses ``[B, H', 3]`` at ``dt, 2 dt, ...`` (linear in time; the plan's origin, the ego at
+        plan time, is the pose at time 0). Unchanged when ``self.dt == dt``."""
+        poses = self.poses
+        if abs(self.dt - dt) < 1e-9:
+            return poses
+        H = poses.shape[1]
+        full = torch.cat([torch.zeros_like(poses[:, :1]), poses], 1)  # times 0, self.dt, ...
+        count = int(math.floor(H * self.dt / dt + 1e-9))
+        if count < 1:
+            raise AvError(f"planner trajectory of {H} x {self.dt} s is shorter than one {dt} s step")
+        pos = torch.arange(1, count + 1, dtype=poses.dtype, device=poses.device) * (dt / self.dt)
+        i = pos.floor().long().clamp_max(H - 1)
+        frac = (pos - i).to(poses.dtype)[None, :]
+        a, b = full[:, i], full[:, i + 1]
+        xy = a[..., :2] + frac[..., None] * (b[..., :2] - a[..., :2])
+        yaw = wrap_angle(a[..., 2] + frac * wrap_angle(b[..., 2] - a[..., 2]))
+        return torch.cat([xy, yaw[..., None]], -1)
+
+    def in_world(self, pose: Tensor, dt: float) -> Tensor:
+        """The plan resampled at ``dt`` (:meth:`resampled`) in the frame ``pose`` ``[B, 3]`` (the
+        ego's pose at plan time) is given in: ``[B, H', 3]``."""
+        poses = self.resampled(dt).to(pose)
+        p = pose[:, None, :]
+        return torch.cat([from_frame(poses[..., :2], p), wrap_angle(poses[..., 2:] + p[..., 2:])], -1)

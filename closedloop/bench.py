@@ -14,7 +14,8 @@ from av.batch import collate
 from av.types import Scenario
 from closedloop.evaluator import evaluate
 from closedloop.planner import make_planner
-from closedloop.sim import SimConfig, make_simulator
+from closedloop.driver import rollout as drive
+from closedloop.sim import make_simulator
 
 
 def tile(scenarios: Sequence[Scenario], n: int) -> list[Scenario]:
@@ -30,7 +31,7 @@ def bench_eval(
     ``scenario_seconds_per_s`` is simulated driving time (from each scenario's start step to its
     end) per wall-clock second, everything included (collation, simulation, planning, metrics).
     """
-    sim = make_simulator("builtin", SimConfig(agents=agents, record_plans=False))  # type: ignore[arg-type]
+    sim = make_simulator("builtin", agents=agents)
     plan = make_planner(planner)
     simulated = sum(s.timestamps[-1] - s.timestamps[s.history_steps] for s in scenarios)
     t_sim = t_eval = 0.0
@@ -40,7 +41,7 @@ def bench_eval(
         batch = collate(scenarios[i : i + batch_size])
         with torch.no_grad():
             t1 = time.perf_counter()
-            rollout = sim.run(batch, plan)
+            rollout = drive(sim, batch, plan, record_plans=False)
             t2 = time.perf_counter()
             cls.append(evaluate(rollout)["cls"])
             t3 = time.perf_counter()

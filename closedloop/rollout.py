@@ -30,6 +30,10 @@ class Rollout:
     * ``planned`` (optional) ``[B, T, H, 3]``: the trajectory the planner returned at each
       step (x, y, yaw in the world/local frame), for pictures and plan-consistency metrics.
     * ``agent_mode``: ``"log"`` or ``"idm"``; ``planner``: the planner's name.
+    * ``monitor_names``: the ``M`` runtime monitors that judged the plans; ``vetoes`` bool
+      ``[B, T, M]``: monitor ``m`` vetoed the plan made at step ``t``; ``fallback_used`` bool
+      ``[B, T]``: the fallback's plan was driven from step ``t``; ``veto_reasons``: one
+      ``(scenario_id, step, monitor, reason)`` per veto, in time order.
     """
 
     scenario: ScenarioBatch
@@ -44,3 +48,7 @@ class Rollout:
     agent_mode: str
     planner: str
     planned: Tensor | None = None
+    monitor_names: tuple[str, ...] = ()
+    vetoes: Tensor | None = None
+    fallback_used: Tensor | None = None
+    veto_reasons: tuple[tuple[str, int, str, str], ...] = ()

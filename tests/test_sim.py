@@ -20,12 +20,11 @@ from av.types import Scenario, empty_map
 from closedloop.planner import make_planner
 from closedloop.planners.constant_velocity import ConstantVelocityPlanner
 from closedloop.planners.log_replay import LogReplayPlanner
-from closedloop.sim import BuiltinSimulator, SimConfig, Simulator, make_simulator, run
-from closedloop.sim.builtin import resample_plan
-from closedloop.sim.observe import prepare_map
-from closedloop.sim.vehicle import (
-    GainTable, VehicleLimits, VehicleState, bicycle_step, lqr_lateral_gains, make_plan, track,
-)
+from closedloop.driver import rollout
+from closedloop.sim import BuiltinSimulator, SimConfig, Simulator, make_simulator
+from av.observe import ObservationSpec, observe, prepare_map, privileged
+from av.vehicle import VehicleLimits, VehicleState, bicycle_step
+from closedloop.sim.vehicle import GainTable, lqr_lateral_gains, make_plan, track
 
 DT = 0.1
 WHEELBASE = 2.588
@@ -159,7 +158,7 @@ def test_perfect_controller_reproduces_the_plan() -> None:
     th = torch.linspace(0.02, 1.6, 80)
     poses = torch.stack([20 * torch.sin(th), 20 * (1 - torch.cos(th)), th], -1)[None]
     planner = FixedPlanner(poses)
-    r = run(batch, planner, SimConfig(controller="perfect", plan_every=100))
+    r = rollout(BuiltinSimulator(controller="perfect"), batch, planner, plan_every=100)
     start_pose = batch.ego[0, 10, :3]
     for k in range(1, 30):
         expected = poses[0, k - 1]
@@ -175,7 +174,7 @@ def test_perfect_controller_reproduces_the_plan() -> None:
 def test_log_replay_reproduces_the_logged_ego_on_a_curving_accelerating_drive() -> None:
     sc = curved_scenario()
     batch = collate([sc])
-    r = run(batch, LogReplayPlanner(), SimConfig())
+    r = rollout(BuiltinSimulator(), batch, LogReplayPlanner())
     sim = slice(10, 80)
     err = (r.ego[0, sim, :2] - batch.ego[0, sim, :2]).norm(dim=-1)
     assert float(err.max()) < 0.05
@@ -189,7 +188,7 @@ def test_log_replay_reproduces_the_logged_ego_on_a_curving_accelerating_drive() 
 
 def test_constant_velocity_goes_straight_at_the_current_speed() -> None:
     sc = build_scenario(num_steps=40, history_steps=10, ego_speed=7.0)
-    r = run(collate([sc]), ConstantVelocityPlanner(), SimConfig())
+    r = rollout(BuiltinSimulator(), collate([sc]), ConstantVelocityPlanner())
     ego = r.ego[0, 10:]
     assert float(ego[:, 1].abs().max()) < 1e-4 and float(ego[:, 2].abs().max()) < 1e-5
     assert float((ego[:, 3] - 7.0).abs().max()) < 1e-3
@@ -201,7 +200,7 @@ def test_rollout_shapes_masks_and_log_before_the_start(B: int) -> None:
     scenarios = [build_scenario(id=f"s{i}", num_steps=30 + 5 * i, history_steps=8 + i) for i in range(B)]
     batch = collate(scenarios)
     T, N = batch.ego.shape[1], batch.agents.shape[1]
-    r = run(batch, make_planner("constant_velocity"), SimConfig(agents="idm"))
+    r = rollout(BuiltinSimulator(agents="idm"), batch, make_planner("constant_velocity"))
     assert r.ego.shape == (B, T, 5) and r.ego_accel.shape == (B, T, 2)
     assert r.ego_yaw_rate.shape == (B, T) and r.ego_yaw_accel.shape == (B, T)
     assert r.agents.shape == (B, N, T, 5) and r.agent_valid.shape == (B, N, T)
@@ -222,10 +221,10 @@ def test_rollout_shapes_masks_and_log_before_the_start(B: int) -> None:
 def test_runs_are_bit_identical_and_use_only_deterministic_algorithms() -> None:
     batch = collate([curved_scenario(), build_scenario(id="b", num_steps=60)])
     cfg = SimConfig(agents="idm")
-    r1 = run(batch, LogReplayPlanner(), cfg)
+    r1 = rollout(BuiltinSimulator(cfg), batch, LogReplayPlanner())
     torch.use_deterministic_algorithms(True)
     try:
-        r2 = run(batch, LogReplayPlanner(), cfg)
+        r2 = rollout(BuiltinSimulator(cfg), batch, LogReplayPlanner())
     finally:
         torch.use_deterministic_algorithms(False)
     for name in ("ego", "ego_accel", "ego_yaw_rate", "ego_yaw_accel", "agents", "agent_valid"):
@@ -236,7 +235,7 @@ def test_runs_are_bit_identical_and_use_only_deterministic_algorithms() -> None:
 def test_planner_is_called_every_plan_every_steps_and_the_plan_is_kept_in_between() -> None:
     sc = build_scenario(num_steps=41, history_steps=10, ego_speed=5.0)
     planner = FixedPlanner(straight_plan(1, 0.0, 5.0))
-    r = run(collate([sc]), planner, SimConfig(plan_every=4))
+    r = rollout(BuiltinSimulator(), collate([sc]), planner, plan_every=4)
     assert planner.calls == math.ceil(30 / 4)
     # between calls the rollout records the plan being tracked (same world poses)
     assert torch.equal(r.planned[0, 10], r.planned[0, 13]) and not torch.equal(r.planned[0, 13], r.planned[0, 14])
@@ -248,7 +247,7 @@ def test_coarse_plans_are_resampled_in_time() -> None:
     x = 0.5 * torch.arange(1, 41, dtype=torch.float32)
     fine = torch.stack([x, 0.01 * x**2, torch.linspace(0, 1, 40)], -1)[None]
     coarse = fine[:, 4::5]  # every 0.5 s
-    out = resample_plan(Trajectory(coarse, 0.5), DT)
+    out = Trajectory(coarse, 0.5).resampled(DT)
     assert out.shape == (1, 40, 3)
     assert torch.allclose(out[:, 4::5], coarse, atol=1e-5)
     assert torch.allclose(out[0, 0, :2], coarse[0, 0, :2] / 5, atol=1e-5)  # from the origin
@@ -275,7 +274,7 @@ def test_observation_is_in_the_ego_frame() -> None:
     turned_map = dataclasses.replace(m, lane_points=lanes, lane_polygon_points=rot_xy(m.lane_polygon_points),
                                      drivable_ring_points=rot_xy(m.drivable_ring_points))
     turned = sc.replace(ego=rot(sc.ego), agents=rot(sc.agents) * sc.agent_valid[..., None], map=turned_map)
-    obs = [BuiltinSimulator().observe(BuiltinSimulator().reset(collate([x]))) for x in (sc, turned)]
+    obs = [observe(b, b.history_steps, ObservationSpec()) for b in (collate([sc]), collate([turned]))]
     for o in obs:
         # ego at (5, 0) at step 10; nearest first: "left" at (-5 + 7, 3.5), then "lead" at 15 + 4
         left, lead = o.agents[0, 0, -1], o.agents[0, 1, -1]
@@ -302,8 +301,8 @@ def test_observation_is_in_the_ego_frame() -> None:
 
 def test_privileged_future_is_the_log_in_the_ego_frame() -> None:
     sc = build_scenario(num_steps=30, history_steps=10, ego_speed=5.0)
-    sim = BuiltinSimulator(SimConfig(future_steps=25))
-    p = sim.privileged(sim.reset(collate([sc])))
+    batch = collate([sc])
+    p = privileged(batch, batch.history_steps, ObservationSpec(future_steps=25))
     assert p.ego_future.shape == (1, 25, 5)
     assert int(p.ego_future_valid.sum()) == 19  # steps 11..29
     assert float(p.ego_future[0, 0, 0]) == pytest.approx(0.5, abs=1e-4)
@@ -314,10 +313,14 @@ def test_privileged_future_is_the_log_in_the_ego_frame() -> None:
 
 def test_bad_config_and_bad_plans_raise_av_errors() -> None:
     with pytest.raises(AvError, match="plan_every"):
-        SimConfig(plan_every=0).validate()
+        rollout(BuiltinSimulator(), collate([build_scenario()]), ConstantVelocityPlanner(), plan_every=0)
+    with pytest.raises(AvError, match="num_agents"):
+        ObservationSpec(num_agents=0).validate()
     with pytest.raises(AvError, match="unknown simulator"):
         make_simulator("nope")
-    assert isinstance(make_simulator("builtin", SimConfig(agents="idm")), Simulator)
+    with pytest.raises(AvError, match="bad settings"):
+        make_simulator("builtin", wheels=3)
+    assert isinstance(make_simulator("builtin", agents="idm"), Simulator)
     sim = BuiltinSimulator()
     state = sim.reset(collate([build_scenario()]))
     with pytest.raises(AvError, match="non-finite"):
@@ -331,10 +334,9 @@ def test_scenarios_without_map_or_agents_run_and_observe_nothing() -> None:
     lonely = build_scenario(id="lonely", num_steps=25, num_agents=0)
     batch = collate([bare, lonely])
     for planner in (ConstantVelocityPlanner(), LogReplayPlanner()):
-        r = run(batch, planner, SimConfig(agents="idm"))
+        r = rollout(BuiltinSimulator(agents="idm"), batch, planner)
         assert torch.isfinite(r.ego[batch.step_valid]).all()
-    sim = BuiltinSimulator()
-    o = sim.observe(sim.reset(batch))
+    o = observe(batch, batch.history_steps, ObservationSpec())
     assert o.lane_valid.sum(1).tolist() == [0, 4] and o.route_valid[0].sum() == 0
     assert o.drivable_edge_valid.sum(1).tolist() == [0, 8] and not bool(o.agent_valid[1].any())
     assert bool(o.agent_valid[0, :2, -1].all())
@@ -353,7 +355,7 @@ def test_bench_cli_prints_one_json_object(capsys: pytest.CaptureFixture[str]) ->
 
 def test_log_replay_tracks_real_drives_within_a_decimetre(real_scenarios: list[Scenario]) -> None:
     batch = collate(real_scenarios)
-    r = run(batch, make_planner("log_replay"), SimConfig())
+    r = rollout(BuiltinSimulator(), batch, make_planner("log_replay"))
     t = torch.arange(batch.ego.shape[1])[None]
     simulated = (t >= batch.history_steps[:, None]) & batch.step_valid
     err = (r.ego[..., :2] - batch.ego[..., :2]).norm(dim=-1)[simulated]
@@ -365,7 +367,7 @@ def test_log_replay_tracks_real_drives_within_a_decimetre(real_scenarios: list[S
 # ---------------------------------------------------------------------------- route polyline
 def route_polyline(scenarios: list[Scenario]) -> list[torch.Tensor]:
     """Each scenario's prepared route ``[S, 3]`` (valid points only, scenario frame)."""
-    cache = prepare_map(collate(scenarios), 20)
+    cache = prepare_map(collate(scenarios), ObservationSpec(lane_points=20))
     return [cache.route[b][cache.route_valid[b]] for b in range(len(scenarios))]
 
 

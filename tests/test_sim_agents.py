@@ -9,15 +9,19 @@ from typing import Sequence
 
 import numpy as np
 import pytest
+import shapely
 import torch
 from conftest import build_scenario
 
 from av.batch import collate
-from av.geometry import box_corners, boxes_overlap
+from av.checks import box_overlap
+from av.geometry import box_corners
 from av.types import AgentType, Scenario
 from closedloop.planners.constant_velocity import ConstantVelocityPlanner
-from closedloop.sim import BuiltinSimulator, SimConfig, SimState, run
-from closedloop.sim.collision import collision_flags, obb_overlap, overlapping_pairs, pair_mask
+from av.observe import ObservationSpec, Window, observe
+from closedloop.driver import rollout
+from closedloop.sim import BuiltinSimulator, SimConfig, SimState
+from closedloop.sim.collision import collision_flags, overlapping_pairs, pair_mask
 
 DT = 0.1
 T = 80
@@ -53,11 +57,15 @@ def with_agents(
 
 def simulate(sc: Scenario, agents: str, steps: int = T - HIST - 1) -> list[SimState]:
     sim = BuiltinSimulator(SimConfig(agents=agents))
-    state = sim.reset(collate([sc]))
+    batch = collate([sc])
+    state = sim.reset(batch)
     planner = ConstantVelocityPlanner()
+    spec = ObservationSpec(history_steps=0)
     states = [state]
     for _ in range(steps):
-        state = sim.step(state, planner.plan(sim.observe(state)))
+        now = sim.snapshot(state)
+        window = Window(now.ego[:, None], now.agents[:, :, None], now.agent_valid[:, :, None])
+        state = sim.step(state, planner.plan(observe(batch, now.t, spec, window=window)))
         states.append(state)
     return states
 
@@ -169,17 +177,17 @@ def random_boxes(gen: torch.Generator, n: int, spread: float) -> torch.Tensor:
     return torch.cat([xy, yaw[:, None], size], 1)
 
 
-def test_obb_overlap_agrees_with_the_corner_based_separating_axis_test() -> None:
+def test_box_overlap_agrees_with_shapely() -> None:
     gen = torch.Generator().manual_seed(0)
     a, b = random_boxes(gen, 4000, 8.0), random_boxes(gen, 4000, 8.0)
-    corners = [box_corners(x[:, :2], x[:, 2], x[:, 3], x[:, 4]) for x in (a, b)]
-    expected = boxes_overlap(*corners)
+    corners = [box_corners(x[:, :2], x[:, 2], x[:, 3], x[:, 4]).double().numpy() for x in (a, b)]
+    expected = torch.from_numpy(shapely.intersects(shapely.polygons(corners[0]), shapely.polygons(corners[1])))
     assert 0.2 < float(expected.float().mean()) < 0.8  # both outcomes well represented
-    assert torch.equal(obb_overlap(a, b), expected)
+    assert torch.equal(box_overlap(a, b), expected)
     # known answers: side by side with a 1 cm gap, and touching
     box = torch.tensor([0.0, 0.0, 0.0, 4.0, 2.0])
-    assert not bool(obb_overlap(box, torch.tensor([0.0, 2.01, 0.0, 4.0, 2.0])))
-    assert bool(obb_overlap(box, torch.tensor([4.0, 0.0, math.pi / 2, 2.0, 4.0])))
+    assert not bool(box_overlap(box, torch.tensor([0.0, 2.01, 0.0, 4.0, 2.0])))
+    assert bool(box_overlap(box, torch.tensor([4.0, 0.0, math.pi / 2, 2.0, 4.0])))
 
 
 def test_broad_phase_finds_exactly_the_brute_force_pairs() -> None:
@@ -187,8 +195,7 @@ def test_broad_phase_finds_exactly_the_brute_force_pairs() -> None:
     B, M = 3, 40
     boxes = random_boxes(gen, B * M, 40.0).reshape(B, M, 5)
     valid = torch.rand(B, M, generator=gen) > 0.1
-    corners = box_corners(boxes[..., :2], boxes[..., 2], boxes[..., 3], boxes[..., 4])
-    brute = boxes_overlap(corners[:, :, None], corners[:, None, :])  # [B, M, M]
+    brute = box_overlap(boxes[:, :, None], boxes[:, None, :])  # [B, M, M]
     brute &= torch.ones(M, M, dtype=torch.bool).triu(1) & valid[:, :, None] & valid[:, None, :]
     every, all_valid = torch.arange(M).expand(B, M), torch.ones(B, M, dtype=torch.bool)
     pairs = overlapping_pairs(boxes, valid, every, pair_mask(every, all_valid, M))
@@ -217,7 +224,7 @@ def test_broad_phase_finds_exactly_the_brute_force_pairs() -> None:
 def test_reactive_rollouts_keep_shapes_and_masks(B: int) -> None:
     scenarios = [build_scenario(id=f"r{i}", num_steps=30 + 4 * i, ego_speed=3.0 + i) for i in range(B)]
     batch = collate(scenarios)
-    r = run(batch, ConstantVelocityPlanner(), SimConfig(agents="idm", record_plans=False))
+    r = rollout(BuiltinSimulator(agents="idm"), batch, ConstantVelocityPlanner(), record_plans=False)
     assert r.planned is None
     assert r.agents.shape == batch.agents.shape and torch.equal(r.agent_valid, batch.agent_valid)
     assert torch.isfinite(r.agents).all()

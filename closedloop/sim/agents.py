@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from av import idm
 from av.batch import ScenarioBatch
 from av.geometry import wrap_angle
 from av.types import AgentType
@@ -40,9 +41,11 @@ FAR = 1.0e7
 
 @dataclass(frozen=True)
 class IDMParams:
-    """Reactive-agent parameters (SI): standstill gap s0 ``min_gap`` m, time headway ``headway`` s,
-    IDM acceleration ``accel`` and comfortable deceleration ``decel`` m/s^2, speed-tracking time
-    constant ``speed_tau`` s, hardest IDM braking ``max_decel`` m/s^2."""
+    """The reactive agents' parameter set of the IDM law (:mod:`av.idm`), SI units: standstill gap
+    s0 ``min_gap`` m, time headway ``headway`` s, IDM acceleration ``accel`` and comfortable
+    deceleration ``decel`` m/s^2, speed-tracking time constant ``speed_tau`` s, hardest IDM
+    braking ``max_decel`` m/s^2. Its values differ from the ego planners' on purpose: these model
+    the logged human drivers (closer following, a free road that is their logged speed)."""
 
     min_gap: float = 2.0
     headway: float = 1.0
@@ -226,7 +229,7 @@ def leader_pressure(
       ``body_sizes`` ``[B, M, 2]``, ``body_valid`` ``[B, M]``. An agent never blocks itself
       (its own centre is not ahead of its front bumper).
 
-    ``s*`` is IDM's desired gap ``s0 + max(0, v T + v (v - v_lead) / (2 sqrt(a b)))`` with
+    ``s*`` is IDM's desired gap (:func:`av.idm.desired_gap`) ``s0 + max(0, v T + v (v - v_lead) / (2 sqrt(a b)))`` with
     ``v_lead`` the obstacle's velocity along the path; ``gap`` the bumper-to-box
     distance along the path, floored at 0.1 m. Unlike plain IDM the term counts only where the
     gap is below ``s*``: an agent following at its logged distance keeps its logged speed, and
@@ -302,9 +305,7 @@ def leader_pressure(
     blocking &= valid > 0
     gap = (ahead - hlj * cos_d - hwj * sin_d).clamp_min(0.1)
     v_lead = ct * (vx * c + vy * s) + st * (vy * c - vx * s)
-    root = 2.0 * math.sqrt(params.accel * params.decel)
-    desired = (v * (params.headway + v / root) - v / root * v_lead).clamp_min(0.0) + params.min_gap
-    excess = ((desired / gap).square() - 1.0).clamp_min(0.0) * blocking
+    excess = (idm.interaction(v, v_lead, gap, params) - 1.0).clamp_min(0.0) * blocking
     return out.scatter_reduce(0, row, excess, "amax").reshape(B, N)
 
 

@@ -1,7 +1,8 @@
 """The builtin batched closed-loop simulator: many scenarios at once as torch tensors, 10 Hz.
 
 One immutable :class:`SimState` flows through ``reset -> step -> step -> ...``; ``step`` returns
-a new state. The ego follows the planner's latest trajectory through the tracking controller and
+a new state and ``snapshot`` reports it. The loop around it (observe, plan, monitors, fallback)
+is :func:`closedloop.driver.rollout`, shared by every backend. The ego follows the planner's latest trajectory through the tracking controller and
 kinematic bicycle of :mod:`closedloop.sim.vehicle`; background agents replay the log or react
 with IDM (:mod:`closedloop.sim.agents`); oriented-box overlaps are flagged every step
 (:mod:`closedloop.sim.collision`). The only Python loop is over time steps. Device: the batch's
@@ -18,17 +19,13 @@ from torch import Tensor
 
 from av.batch import ScenarioBatch
 from av.errors import AvError
-from av.geometry import from_frame, wrap_angle
-from av.observation import Observation, Privileged, Trajectory
-from closedloop.planner import Planner
-from closedloop.rollout import Rollout
+from av.geometry import wrap_angle
+from av.observation import Trajectory
+from av.vehicle import VehicleLimits, VehicleState, bicycle_step, ego_box
 from closedloop.sim import agents as agent_model
-from closedloop.sim.base import SimConfig
+from closedloop.sim.base import SimConfig, Snapshot
 from closedloop.sim.collision import collision_flags, pair_mask
-from closedloop.sim.observe import MapCache, observe, prepare_map, privileged
-from closedloop.sim.vehicle import (
-    GainTable, Plan, VehicleLimits, VehicleState, bicycle_step, make_plan, place_on_plan, track,
-)
+from closedloop.sim.vehicle import GainTable, Plan, make_plan, place_on_plan, track
 
 
 @dataclass(frozen=True)
@@ -38,7 +35,7 @@ class SimStatic:
     * ``batch``: the :class:`ScenarioBatch` on the simulation device; ``config``: the settings.
     * ``start`` long ``[B]``: first simulated step (each scenario's ``history_steps``);
       ``last`` long ``[B]``: its last valid step.
-    * ``paths``: the reactive agents' logged paths; ``map``: resampled lanes and route.
+    * ``paths``: the reactive agents' logged paths.
     * ``gains``: the tracker's lateral LQR gains tabulated for the batch's ``dt``.
     * ``collision_rows`` long ``[B, C]``: the boxes (0 = ego, ``1 + n`` = agent ``n``) tested
       against all others every step; ``collision_pairs`` bool ``[B, C, 1 + N]``: the pairs tested
@@ -50,7 +47,6 @@ class SimStatic:
     start: Tensor
     last: Tensor
     paths: agent_model.AgentPaths
-    map: MapCache
     gains: GainTable
     collision_rows: Tensor
     collision_pairs: Tensor
@@ -80,9 +76,6 @@ class SimState:
       at least one reactive agent (so all False in log mode: contacts between log-replayed
       agents are the log's own, annotation overlaps included).
     * ``plan``: the trajectory being tracked (world frame) or ``None`` before the first one.
-    * ``ego_trace`` (``H`` x ``[B, 5]``), ``agent_trace`` (``H`` x ``[B, N, 5]``), ``valid_trace``
-      (``H`` x ``[B, N]``): the last ``H = history_steps + 1`` states, oldest first, now last
-      (logged before the start, simulated since). Tuples share tensors, so rolling is free.
     * ``static``: the per-batch data (:class:`SimStatic`).
     """
 
@@ -97,9 +90,6 @@ class SimState:
     ego_collision: Tensor
     agent_collision: Tensor
     plan: Plan | None
-    ego_trace: tuple[Tensor, ...]
-    agent_trace: tuple[Tensor, ...]
-    valid_trace: tuple[Tensor, ...]
     static: SimStatic
 
     @property
@@ -152,10 +142,7 @@ def _slots(x: Tensor, index: Tensor) -> Tensor:
 
 def _ego_box(ego: VehicleState, dims: Tensor) -> Tensor:
     """Ego box ``[B, 5]`` (centre x, y, yaw, length, width) from the rear-axle pose."""
-    yaw = ego.pose[:, 2]
-    rac = dims[:, 3]
-    return torch.stack([ego.pose[:, 0] + rac * torch.cos(yaw), ego.pose[:, 1] + rac * torch.sin(yaw), yaw,
-                        dims[:, 0], dims[:, 1]], 1)
+    return ego_box(ego.pose, dims)
 
 
 def _collisions(static: SimStatic, ego: VehicleState, agents: Tensor, valid: Tensor, ego_valid: Tensor
@@ -169,33 +156,16 @@ def _collisions(static: SimStatic, ego: VehicleState, agents: Tensor, valid: Ten
     return collision_flags(boxes, body_valid, static.collision_rows, static.collision_pairs)
 
 
-def resample_plan(traj: Trajectory, dt: float) -> Tensor:
-    """Poses ``[B, H', 3]`` of ``traj`` at ``dt, 2 dt, ...`` (linear in time; the plan's origin,
-    the ego at plan time, is the pose at time 0). Unchanged when ``traj.dt == dt``."""
-    poses = traj.poses
-    if abs(traj.dt - dt) < 1e-9:
-        return poses
-    H = poses.shape[1]
-    full = torch.cat([torch.zeros_like(poses[:, :1]), poses], 1)  # times 0, traj.dt, ...
-    count = int(math.floor(H * traj.dt / dt + 1e-9))
-    if count < 1:
-        raise AvError(f"planner trajectory of {H} x {traj.dt} s is shorter than one {dt} s step")
-    pos = torch.arange(1, count + 1, dtype=poses.dtype, device=poses.device) * (dt / traj.dt)
-    i = pos.floor().long().clamp_max(H - 1)
-    frac = (pos - i).to(poses.dtype)[None, :]
-    a, b = full[:, i], full[:, i + 1]
-    xy = a[..., :2] + frac[..., None] * (b[..., :2] - a[..., :2])
-    yaw = wrap_angle(a[..., 2] + frac * wrap_angle(b[..., 2] - a[..., 2]))
-    return torch.cat([xy, yaw[..., None]], -1)
-
-
 class BuiltinSimulator:
     """Batched torch simulator implementing :class:`closedloop.sim.base.Simulator`."""
 
     name = "builtin"
 
-    def __init__(self, config: SimConfig | None = None) -> None:
-        self.config = (config or SimConfig()).validate()
+    def __init__(self, config: SimConfig | None = None, **settings: object) -> None:
+        """Settings are a :class:`SimConfig` or its fields as keywords (not both)."""
+        if config is not None and settings:
+            raise AvError("builtin simulator: give a SimConfig or keyword settings, not both")
+        self.config = (config or SimConfig(**settings)).validate()  # type: ignore[arg-type]
         self.limits = _limits(self.config)
         self.idm = _idm(self.config)
 
@@ -220,22 +190,11 @@ class BuiltinSimulator:
             row_valid = torch.cat([row_valid, paths.slot], 1)
         static = SimStatic(
             batch=batch, config=cfg, start=start, last=last, paths=paths,
-            map=prepare_map(batch, cfg.lane_points),
             gains=GainTable.build(batch.dt, batch.ego.dtype, str(dev)),
             collision_rows=rows, collision_pairs=pair_mask(rows, row_valid, 1 + batch.agents.shape[1]),
         )
         ego = _ego_from_log(batch, start)
         agents, valid = agent_model.log_states(batch, start)
-        H = cfg.history_steps + 1
-        b = torch.arange(B, device=dev)
-        ego_trace, agent_trace, valid_trace = [], [], []
-        for h in range(H - 1, -1, -1):  # oldest first; steps before 0 repeat step 0
-            th = (start - h).clamp_min(0)
-            ego_trace.append(batch.ego[b, th])
-            a, v = agent_model.log_states(batch, th)
-            agent_trace.append(a * v[..., None])
-            valid_trace.append(v)
-        ego_trace[-1] = ego.state5()
         ego_hit, agent_hit = _collisions(static, ego, agents, valid, torch.ones(B, dtype=torch.bool, device=dev))
         agent_s = agent_model.path_length_at(static.paths, start)
         agent_speed = agent_model.logged_speed(static.paths, start)
@@ -246,9 +205,7 @@ class BuiltinSimulator:
         return SimState(
             step=0, t=start, ego=ego, agents=agents, agent_valid=valid,
             agent_s=agent_s, agent_speed=agent_speed, agent_curvature=curvature,
-            ego_collision=ego_hit, agent_collision=agent_hit, plan=None,
-            ego_trace=tuple(ego_trace), agent_trace=tuple(agent_trace), valid_trace=tuple(valid_trace),
-            static=static,
+            ego_collision=ego_hit, agent_collision=agent_hit, plan=None, static=static,
         )
 
     def set_plan(self, state: SimState, trajectory: Trajectory) -> SimState:
@@ -259,9 +216,7 @@ class BuiltinSimulator:
             raise AvError(f"planner returned poses of shape {list(trajectory.poses.shape)}, expected [{B}, H, 3]")
         if not bool(torch.isfinite(trajectory.poses).all()):
             raise AvError("planner returned non-finite poses")
-        poses = resample_plan(trajectory, state.static.batch.dt).to(state.ego.pose)
-        pose = state.ego.pose[:, None, :]
-        world = torch.cat([from_frame(poses[..., :2], pose), wrap_angle(poses[..., 2:] + pose[..., 2:])], -1)
+        world = trajectory.in_world(state.ego.pose, state.static.batch.dt)
         return replace(state, plan=make_plan(world, state.static.wheelbase, self.limits, state.step))
 
     def step(self, state: SimState, trajectory: Trajectory | None = None) -> SimState:
@@ -294,15 +249,10 @@ class BuiltinSimulator:
             agents, agent_s, agent_speed, curvature = log_next, s_log, v_log, state.agent_curvature
         agents = agents * valid_next[..., None]
         ego_hit, agent_hit = _collisions(static, new_ego, agents, valid_next, t_next <= static.last)
-        H = len(state.ego_trace)
         return SimState(
             step=state.step + 1, t=t_next, ego=new_ego, agents=agents, agent_valid=valid_next,
             agent_s=agent_s, agent_speed=agent_speed, agent_curvature=curvature,
-            ego_collision=ego_hit, agent_collision=agent_hit, plan=state.plan,
-            ego_trace=(state.ego_trace + (new_ego.state5(),))[-H:],
-            agent_trace=(state.agent_trace + (agents,))[-H:],
-            valid_trace=(state.valid_trace + (valid_next,))[-H:],
-            static=static,
+            ego_collision=ego_hit, agent_collision=agent_hit, plan=state.plan, static=static,
         )
 
     def _react(self, state: SimState, ego: VehicleState, log_next: Tensor, valid_next: Tensor, s_log: Tensor,
@@ -336,121 +286,23 @@ class BuiltinSimulator:
         agents = log_next.scatter(1, index[..., None].expand(-1, -1, 5), slot_states)
         return agents, s_next, v_next, curvature * paths.slot[..., None]
 
-    # ------------------------------------------------------------------ planner inputs
-    def observe(self, state: SimState) -> Observation:
-        return observe(state)
+    # ------------------------------------------------------------------ driver interface
+    @property
+    def agent_mode(self) -> str:
+        return self.config.agents
 
-    def privileged(self, state: SimState) -> Privileged:
-        return privileged(state)
+    def snapshot(self, state: SimState) -> Snapshot:
+        """The world in ``state`` (see :class:`~closedloop.sim.base.Snapshot`)."""
+        e = state.ego
+        return Snapshot(batch=state.static.batch, t=state.t, ego=e.state5(), ego_accel=e.body_accel(),
+                        ego_yaw_rate=e.yaw_rate, ego_yaw_accel=e.yaw_accel, agents=state.agents,
+                        agent_valid=state.agent_valid)
 
-    # ------------------------------------------------------------------ closed loop
-    def run(self, batch: ScenarioBatch, planner: Planner) -> Rollout:
-        """Drive ``planner`` through every scenario of ``batch`` (called every ``plan_every``
-        steps; the last plan is tracked in between) and return the :class:`Rollout`.
+    def close(self) -> None:
+        """Nothing to release: the state lives in the tensors the caller holds."""
 
-        The loop runs until the longest scenario ends; shorter ones keep being simulated past
-        their end, but the rollout masks those steps out (``step_valid``) and zeroes them.
-        """
-        cfg = self.config
-        state = self.reset(batch)
-        steps = int((state.static.last - state.static.start).max())
-        records = [_record(state, None)]
-        for k in range(steps):
-            traj = None
-            if k % cfg.plan_every == 0:
-                priv = self.privileged(state) if planner.privileged else None
-                traj = planner.plan(self.observe(state), priv)
-            state = self.step(state, traj)
-            plan = state.plan.poses if (cfg.record_plans and state.plan is not None) else None
-            records.append(_record(state, plan))
-        return _rollout(state.static, records, planner.name, cfg.record_plans)
+    def __enter__(self) -> "BuiltinSimulator":
+        return self
 
-
-def run(batch: ScenarioBatch, planner: Planner, config: SimConfig | None = None) -> Rollout:
-    """Simulate ``planner`` closed-loop on ``batch`` with the builtin simulator."""
-    return BuiltinSimulator(config).run(batch, planner)
-
-
-@dataclass(frozen=True)
-class _Record:
-    ego: Tensor  # [B, 5]
-    accel: Tensor  # [B, 2]
-    yaw_rate: Tensor  # [B]
-    yaw_accel: Tensor  # [B]
-    agents: Tensor  # [B, N, 5]
-    valid: Tensor  # [B, N]
-    plan: Tensor | None  # [B, H, 3] the plan tracked during the step that led here
-
-
-def _record(state: SimState, plan: Tensor | None) -> _Record:
-    e = state.ego
-    return _Record(e.state5(), e.body_accel(), e.yaw_rate, e.yaw_accel, state.agents, state.agent_valid, plan)
-
-
-def _log_derivatives(batch: ScenarioBatch) -> tuple[Tensor, Tensor, Tensor]:
-    """Body-frame acceleration ``[B, T, 2]``, yaw rate and yaw acceleration ``[B, T]`` of the
-    logged ego by backward differences (0 at step 0)."""
-    ego, dt = batch.ego, batch.dt
-    speed = ego[..., 3] * torch.cos(ego[..., 2]) + ego[..., 4] * torch.sin(ego[..., 2])
-
-    def back(x: Tensor) -> Tensor:
-        return torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], 1) / dt
-
-    yaw_rate = torch.cat([torch.zeros_like(speed[:, :1]), wrap_angle(ego[:, 1:, 2] - ego[:, :-1, 2])], 1) / dt
-    return torch.stack([back(speed), speed * yaw_rate], -1), yaw_rate, back(yaw_rate)
-
-
-def _rollout(static: SimStatic, records: list[_Record], planner: str, record_plans: bool) -> Rollout:
-    """Assemble the per-step records (step ``k`` = log step ``start + k``) into a :class:`Rollout`
-    over the batch's ``T`` steps: the log before ``start``, the simulation from ``start`` on,
-    zeros where ``step_valid`` is False."""
-    batch = static.batch
-    B, T = batch.step_valid.shape
-    dev = batch.ego.device
-    K = len(records)
-    t = torch.arange(T, device=dev)[None, :]
-    k = (t - static.start[:, None]).clamp(0, K - 1)  # [B, T]
-    simulated = t >= static.start[:, None]
-    keep = batch.step_valid
-
-    def place(stacked: Tensor, logged: Tensor) -> Tensor:
-        """``stacked`` ``[B, K, ...]`` per step -> ``[B, T, ...]`` with ``logged`` before the start."""
-        idx = k.reshape(B, T, *([1] * (stacked.dim() - 2))).expand(B, T, *stacked.shape[2:])
-        out = torch.where(simulated.reshape(B, T, *([1] * (stacked.dim() - 2))), stacked.gather(1, idx), logged)
-        return out * keep.reshape(B, T, *([1] * (stacked.dim() - 2))).to(out.dtype)
-
-    log_accel, log_yaw_rate, log_yaw_accel = _log_derivatives(batch)
-    ego = place(torch.stack([r.ego for r in records], 1), batch.ego)
-    accel = place(torch.stack([r.accel for r in records], 1), log_accel)
-    yaw_rate = place(torch.stack([r.yaw_rate for r in records], 1), log_yaw_rate)
-    yaw_accel = place(torch.stack([r.yaw_accel for r in records], 1), log_yaw_accel)
-    agents_bt = place(torch.stack([r.agents for r in records], 1), batch.agents.transpose(1, 2))
-    valid_bt = place(torch.stack([r.valid for r in records], 1), batch.agent_valid.transpose(1, 2)).bool()
-    planned = None
-    if record_plans:
-        H = max((r.plan.shape[1] for r in records if r.plan is not None), default=1)
-        nan = torch.full((B, H, 3), math.nan, dtype=batch.ego.dtype, device=dev)
-
-        def padded(p: Tensor | None) -> Tensor:
-            if p is None:
-                return nan
-            return torch.cat([p, p[:, -1:].expand(B, H - p.shape[1], 3)], 1) if p.shape[1] < H else p
-
-        # The plan returned at step k is the one recorded with step k + 1.
-        per_step = torch.stack([padded(r.plan) for r in records[1:]] + [nan], 1)
-        planned = place(per_step, torch.full((B, T, H, 3), math.nan, dtype=batch.ego.dtype, device=dev))
-        planned = torch.where(keep[..., None, None], planned, torch.full_like(planned, math.nan))
-    return Rollout(
-        scenario=batch,
-        ego=ego,
-        ego_accel=accel,
-        ego_yaw_rate=yaw_rate,
-        ego_yaw_accel=yaw_accel,
-        agents=agents_bt.transpose(1, 2).contiguous(),
-        agent_valid=valid_bt.transpose(1, 2).contiguous(),
-        step_valid=batch.step_valid,
-        start_step=static.start,
-        agent_mode=static.config.agents,
-        planner=planner,
-        planned=planned,
-    )
+    def __exit__(self, *exc: object) -> None:
+        self.close()

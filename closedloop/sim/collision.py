@@ -1,9 +1,8 @@
-"""Vectorised oriented-box collision checks with a bounding-circle broad phase.
+"""The simulator's per-step collision flags: which pairs of boxes to test, a batched broad phase,
+and the overlap test of :func:`av.checks.box_overlap` on the survivors.
 
-Boxes are ``(x, y, yaw, length, width)`` with (x, y) the box centre; metres and radians. The
-narrow phase is the separating-axis test specialised to two rectangles (four axes, projections
-written out with the relative heading), so no corner tensors are built; touching counts as
-overlap, as in :func:`av.geometry.boxes_overlap`.
+Boxes are ``(x, y, yaw, length, width)`` with (x, y) the box centre; metres and radians;
+touching counts as overlap.
 """
 
 from __future__ import annotations
@@ -11,25 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def bounding_radius(sizes: Tensor) -> Tensor:
-    """Radius ``[...]`` of the circle around a box centre that holds a box of ``sizes`` ``[..., 2]``."""
-    return 0.5 * torch.hypot(sizes[..., 0], sizes[..., 1])
-
-
-def obb_overlap(a: Tensor, b: Tensor) -> Tensor:
-    """Separating-axis test of oriented boxes ``a``, ``b`` ``[..., 5]`` -> bool ``[...]``."""
-    ca, sa = torch.cos(a[..., 2]), torch.sin(a[..., 2])
-    cb, sb = torch.cos(b[..., 2]), torch.sin(b[..., 2])
-    hla, hwa, hlb, hwb = 0.5 * a[..., 3], 0.5 * a[..., 4], 0.5 * b[..., 3], 0.5 * b[..., 4]
-    dx, dy = b[..., 0] - a[..., 0], b[..., 1] - a[..., 1]
-    cos_d = (ca * cb + sa * sb).abs()  # |cos| and |sin| of the relative heading
-    sin_d = (sa * cb - ca * sb).abs()
-    sep = (dx * ca + dy * sa).abs() > hla + hlb * cos_d + hwb * sin_d  # a's long axis
-    sep |= (dy * ca - dx * sa).abs() > hwa + hlb * sin_d + hwb * cos_d  # a's lateral axis
-    sep |= (dx * cb + dy * sb).abs() > hlb + hla * cos_d + hwa * sin_d  # b's long axis
-    sep |= (dy * cb - dx * sb).abs() > hwb + hla * sin_d + hwa * cos_d  # b's lateral axis
-    return ~sep
+from av.checks import bounding_radius, box_overlap
 
 
 def pair_mask(rows: Tensor, row_valid: Tensor, count: int) -> Tensor:
@@ -80,7 +61,7 @@ def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, allowed: Tenso
     o = flat.gather(0, (b * M + j)[:, None].expand(-1, 5))
     # Exact: both valid, bounding circles (cheap), then the separating axes.
     close = (a[:, :2] - o[:, :2]).square().sum(-1) <= (radius[b, i] + radius[b, j]).square()
-    hit = close & valid[b, i] & valid[b, j] & obb_overlap(a, o)
+    hit = close & valid[b, i] & valid[b, j] & box_overlap(a, o)
     pairs = torch.stack([b, i, j], 1)[hit]
     order = torch.argsort((pairs[:, 0] * M + pairs[:, 1]) * M + pairs[:, 2])
     return pairs[order]

@@ -1,11 +1,5 @@
-"""The ego's kinematic bicycle model and the two-stage tracking controller that follows a plan.
-
-Model (rear-axle reference point, ``B`` vehicles): state ``(x, y, yaw, v, steer, accel)``,
-inputs: a commanded acceleration (the realised one moves towards it at most ``max_jerk``) and a
-steering rate. Each step the vehicle drives an exact circular arc of curvature
-``tan(steer_mid) / wheelbase`` (``steer_mid`` the mean of the step's start and end steering), so a
-constant steering angle traces a circle of radius ``wheelbase / tan(steer)``. The speed never
-goes negative (no reversing).
+"""The two-stage tracking controller that makes the ego follow a plan (the vehicle model it
+drives, :func:`av.vehicle.bicycle_step`, and its limits live in :mod:`av.vehicle`).
 
 Controller (like nuPlan's two-stage tracker): longitudinally, the acceleration (of the
 acceleration-and-jerk profile) that puts the ego on the plan's poses ``PREVIEW_STEPS`` and
@@ -18,13 +12,13 @@ input and the plan's curvature as feed-forward. All tensors are batched over ``B
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from av.geometry import wrap_angle
+from av.vehicle import VehicleLimits, VehicleState, steer_for
 
 #: Longitudinal controller preview, steps of ``dt`` (0.5 s at 10 Hz; the second point is at 1 s).
 PREVIEW_STEPS = 5
@@ -33,84 +27,6 @@ PREVIEW_STEPS = 5
 LQR_HORIZON = 20
 LQR_Q = (10.0, 5.0, 0.05)
 LQR_R = 0.1
-
-
-@dataclass(frozen=True)
-class VehicleLimits:
-    """Physical limits of the ego model: accelerations m/s^2, jerk m/s^3, steering rad, rad/s."""
-
-    max_accel: float = 3.5
-    max_decel: float = 8.0
-    max_jerk: float = 15.0
-    max_steer: float = 0.7
-    max_steer_rate: float = 1.0
-
-
-@dataclass(frozen=True)
-class VehicleState:
-    """Batched ego model state.
-
-    * ``pose`` ``[B, 3]``: rear axle (x, y, yaw), local frame.
-    * ``speed`` ``[B]`` m/s (>= 0 under the bicycle model); ``accel`` ``[B]`` m/s^2 (realised,
-      longitudinal); ``steer`` ``[B]`` front-wheel angle, rad.
-    * ``yaw_rate`` ``[B]`` rad/s and ``yaw_accel`` ``[B]`` rad/s^2 at this instant.
-    """
-
-    pose: Tensor
-    speed: Tensor
-    accel: Tensor
-    steer: Tensor
-    yaw_rate: Tensor
-    yaw_accel: Tensor
-
-    def state5(self) -> Tensor:
-        """``[B, 5]`` (x, y, yaw, vx, vy): the rear axle moves along the heading."""
-        yaw = self.pose[:, 2]
-        return torch.cat(
-            [self.pose, (self.speed * torch.cos(yaw))[:, None], (self.speed * torch.sin(yaw))[:, None]], 1
-        )
-
-    def body_accel(self) -> Tensor:
-        """``[B, 2]`` rear-axle acceleration in the body frame: (longitudinal, lateral = v * yaw rate)."""
-        return torch.stack([self.accel, self.speed * self.yaw_rate], 1)
-
-
-def advance_arc(pose: Tensor, distance: Tensor, curvature: Tensor) -> Tensor:
-    """Drive ``distance`` ``[...]`` m along an arc of ``curvature`` ``[...]`` 1/m from ``pose`` ``[..., 3]``."""
-    half = 0.5 * distance * curvature
-    chord = distance * torch.sinc(half / math.pi)  # 2 sin(h) / k, stable as k -> 0
-    heading = pose[..., 2] + half
-    return torch.stack(
-        [pose[..., 0] + chord * torch.cos(heading), pose[..., 1] + chord * torch.sin(heading),
-         wrap_angle(pose[..., 2] + 2.0 * half)], -1
-    )
-
-
-def bicycle_step(
-    s: VehicleState, accel_cmd: Tensor, steer_rate_cmd: Tensor, wheelbase: Tensor, limits: VehicleLimits, dt: float
-) -> VehicleState:
-    """One ``dt`` step of the kinematic bicycle; every limit of ``limits`` is enforced.
-
-    ``accel_cmd``, ``steer_rate_cmd``, ``wheelbase`` ``[B]``. At a standstill a braking command
-    realises zero acceleration.
-    """
-    want = accel_cmd.clamp(-limits.max_decel, limits.max_accel)
-    jerk_step = limits.max_jerk * dt
-    accel = s.accel + (want - s.accel).clamp(-jerk_step, jerk_step)
-    accel = accel.clamp(-limits.max_decel, limits.max_accel)
-    rate = steer_rate_cmd.clamp(-limits.max_steer_rate, limits.max_steer_rate)
-    steer = (s.steer + rate * dt).clamp(-limits.max_steer, limits.max_steer)
-    v_end = s.speed + accel * dt
-    stops = v_end < 0
-    # Distance of a constant-acceleration step; a step that would reverse stops where v = 0.
-    distance = torch.where(
-        stops, s.speed.square() / (2.0 * (-accel).clamp_min(1e-6)), 0.5 * (s.speed + v_end) * dt
-    )
-    v_end = v_end.clamp_min(0.0)
-    accel = torch.where(stops | ((v_end <= 0) & (accel < 0)), torch.zeros_like(accel), accel)
-    pose = advance_arc(s.pose, distance, torch.tan(0.5 * (s.steer + steer)) / wheelbase)
-    yaw_rate = v_end * torch.tan(steer) / wheelbase
-    return VehicleState(pose, v_end, accel, steer, yaw_rate, (yaw_rate - s.yaw_rate) / dt)
 
 
 @dataclass(frozen=True)
@@ -143,7 +59,7 @@ def make_plan(poses: Tensor, wheelbase: Tensor, limits: VehicleLimits, made_at: 
     dyaw = wrap_angle(ext_yaw[:, 2:] - ext_yaw[:, :-2])
     ds = (ext_s[:, 2:] - ext_s[:, :-2]).clamp_min(0.2)
     kappa = dyaw / ds
-    steer = torch.atan(wheelbase[:, None] * kappa).clamp(-limits.max_steer, limits.max_steer)
+    steer = steer_for(kappa, wheelbase[:, None]).clamp(-limits.max_steer, limits.max_steer)
     return Plan(poses, s, steer, made_at)
 
 

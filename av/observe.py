@@ -1,5 +1,10 @@
-"""Build what a planner sees (:class:`Observation`) and what a privileged planner may add
-(:class:`Privileged`) from a batch and a simulation state.
+"""What a planner sees (:class:`Observation`) and what a privileged planner may add
+(:class:`Privileged`), as a pure function of a scenario batch, a time and an
+:class:`ObservationSpec`.
+
+``observe(batch, t, spec)`` builds the observation from the log; the closed-loop driver builds
+its observations through the same function from the simulated history (a :class:`Window`), so a
+network sees identical inputs from a logged drive and from simulation.
 
 The map is prepared once per batch (:func:`prepare_map`): every lane resampled to ``P`` points
 and the route centreline resampled at 1 m (always running forward, even through lane changes:
@@ -13,18 +18,16 @@ axle, x forward, y left), SI units.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from av.batch import ScenarioBatch
+from av.errors import AvError
 from av.geometry import to_frame, wrap_angle
 from av.observation import Observation, Privileged
-
-if TYPE_CHECKING:
-    from closedloop.sim.builtin import SimState
 
 ROUTE_SPACING = 1.0  # m
 _KEY_STRIDE = 1.0e6  # m; lanes are far shorter, so lane index * stride + arc length sorts points
@@ -84,8 +87,9 @@ def _arc_length(points: Tensor, same: Tensor) -> Tensor:
     return torch.cat([torch.zeros_like(step[:, :1]), step.cumsum(1)], 1)
 
 
-def prepare_map(batch: ScenarioBatch, lane_points: int) -> MapCache:
-    """Resample lanes (``lane_points`` each) and the route (1 m) of every scenario of ``batch``."""
+def prepare_map(batch: ScenarioBatch, spec: "ObservationSpec") -> MapCache:
+    """Resample lanes (``spec.lane_points`` each) and the route (1 m) of every scenario of ``batch``."""
+    lane_points = spec.lane_points
     dev = batch.lane_points.device
     B, Q, _ = batch.lane_points.shape
     L = batch.lane_valid.shape[1]
@@ -280,27 +284,139 @@ def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     return x[b, idx]
 
 
-def nearest_agents(state: "SimState", k: int) -> tuple[Tensor, Tensor]:
+@dataclass(frozen=True)
+class ObservationSpec:
+    """How much a planner sees; saved with anything trained on it (SI units).
+
+    ``history_steps`` past steps plus the current one; the ``num_agents`` agents nearest the ego
+    now; the ``num_lanes`` nearest lanes, each resampled to ``lane_points`` points; the next
+    ``route_points`` route points, ``ROUTE_SPACING`` m apart; the ``num_edges`` nearest
+    drivable-area edges; ``future_steps`` logged future steps in :class:`Privileged` values.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    history_steps: int = field(default=20, metadata={"help": "past steps in observations (plus the current one)"})
+    future_steps: int = field(default=80, metadata={"help": "logged future steps in privileged inputs"})
+    num_agents: int = field(default=32, metadata={"help": "nearest agents in observations"})
+    num_lanes: int = field(default=16, metadata={"help": "nearest lanes in observations"})
+    lane_points: int = field(default=20, metadata={"help": "points per observed lane"})
+    route_points: int = field(default=100, metadata={"help": "route points (1 m apart) ahead of the ego"})
+    num_edges: int = field(default=64, metadata={"help": "nearest drivable-area edges in observations"})
+
+    def validate(self) -> "ObservationSpec":
+        """Raise :class:`AvError` naming the first bad size; return ``self``."""
+        for name in ("future_steps", "num_agents", "num_lanes", "route_points", "num_edges"):
+            if int(getattr(self, name)) < 1:
+                raise AvError(f"observation spec: {name} must be >= 1, got {getattr(self, name)}")
+        if self.history_steps < 0:
+            raise AvError(f"observation spec: history_steps must be >= 0, got {self.history_steps}")
+        if self.lane_points < 2:
+            raise AvError(f"observation spec: lane_points must be >= 2, got {self.lane_points}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form, with the schema version."""
+        return {"schema_version": self.SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ObservationSpec":
+        """Inverse of :meth:`to_dict`; refuses other schema versions and unknown keys."""
+        d = dict(d)
+        version = d.pop("schema_version", cls.SCHEMA_VERSION)
+        if version != cls.SCHEMA_VERSION:
+            raise AvError(f"observation spec schema version {version}, this av reads {cls.SCHEMA_VERSION}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise AvError(f"observation spec: unknown field(s) {', '.join(unknown)}")
+        return cls(**{k: int(v) for k, v in d.items()}).validate()
+
+
+@dataclass(frozen=True)
+class Window:
+    """The world over the last ``H`` steps, oldest first, now last (local frame, SI).
+
+    * ``ego`` ``[B, H, 5]``: ego rear-axle states (x, y, yaw, vx, vy); the ego pose now is
+      ``ego[:, -1, :3]``.
+    * ``agents`` ``[B, N, H, 5]``: agent box-centre states, zero where invalid;
+      ``agent_valid`` bool ``[B, N, H]``.
+
+    From the log (:func:`log_window`) or from a simulation (the closed-loop driver pushes each
+    simulated step with :meth:`push`): observations are built from either the same way.
+    """
+
+    ego: Tensor
+    agents: Tensor
+    agent_valid: Tensor
+
+    @property
+    def pose(self) -> Tensor:
+        """The ego pose now ``[B, 3]`` (x, y, yaw)."""
+        return self.ego[:, -1, :3]
+
+    def push(self, ego: Tensor, agents: Tensor, agent_valid: Tensor) -> "Window":
+        """Drop the oldest step and append ``ego`` ``[B, 5]``, ``agents`` ``[B, N, 5]``,
+        ``agent_valid`` bool ``[B, N]`` as now."""
+        return Window(
+            ego=torch.cat([self.ego[:, 1:], ego[:, None]], 1),
+            agents=torch.cat([self.agents[:, :, 1:], (agents * agent_valid[..., None])[:, :, None]], 2),
+            agent_valid=torch.cat([self.agent_valid[:, :, 1:], agent_valid[:, :, None]], 2),
+        )
+
+
+def log_window(batch: ScenarioBatch, t: Tensor, history_steps: int) -> Window:
+    """The logged :class:`Window` of ``history_steps + 1`` steps ending at log step ``t``
+    (long ``[B]``); steps before 0 repeat step 0."""
+    B = batch.batch_size
+    dev = batch.ego.device
+    t = t.to(dev)
+    H = history_steps + 1
+    steps = (t[:, None] - torch.arange(H - 1, -1, -1, device=dev)).clamp_min(0)  # [B, H]
+    b = torch.arange(B, device=dev)[:, None]
+    ego = batch.ego[b, steps]
+    if batch.agents.shape[1]:
+        agents = batch.agents[b[..., None], torch.arange(batch.agents.shape[1], device=dev)[None, :, None],
+                              steps[:, None, :]]
+        valid = batch.agent_valid[b[..., None], torch.arange(batch.agents.shape[1], device=dev)[None, :, None],
+                                  steps[:, None, :]]
+    else:
+        agents = batch.agents.new_zeros(B, 0, H, 5)
+        valid = torch.zeros(B, 0, H, dtype=torch.bool, device=dev)
+    return Window(ego=ego, agents=agents * valid[..., None], agent_valid=valid)
+
+
+def nearest_agents(window: Window, k: int) -> tuple[Tensor, Tensor]:
     """The ``k`` agents nearest the ego now: indices ``[B, k]`` and slot validity ``[B, k]``."""
-    d = (state.agents[..., :2] - state.ego.pose[:, None, :2]).norm(dim=-1)
-    return _nearest(d, state.agent_valid, k)
+    d = (window.agents[:, :, -1, :2] - window.pose[:, None, :2]).norm(dim=-1)
+    return _nearest(d, window.agent_valid[:, :, -1], k)
 
 
-def observe(state: "SimState") -> Observation:
-    """The :class:`Observation` of ``state`` (sizes from its config; ego frame at now)."""
-    cfg, batch, cache = state.static.config, state.static.batch, state.static.map
-    pose = state.ego.pose
-    ego_hist = _states_to_frame(torch.stack(state.ego_trace, 1), pose)
+def observe(batch: ScenarioBatch, t: Tensor, spec: ObservationSpec, *, window: Window | None = None,
+            cache: MapCache | None = None) -> Observation:
+    """What the car sees at log step ``t`` (long ``[B]``), ego frame at now.
 
-    idx, slot = nearest_agents(state, cfg.num_agents)
-    agents = torch.stack([_gather_rows(a, idx) for a in state.agent_trace], 2)  # [B, K, H, 5]
-    agent_valid = torch.stack([_gather_rows(v, idx) for v in state.valid_trace], 2) & slot[..., None]
+    ``window`` is the history to show (default: the log's, :func:`log_window`); ``cache`` the
+    batch's prepared map (default: prepared here with ``spec``; pass it when observing a batch
+    many times). The same inputs give the same output bit for bit, whether they came from a log
+    or from a simulation.
+    """
+    if window is None:
+        window = log_window(batch, t, spec.history_steps)
+    if cache is None:
+        cache = prepare_map(batch, spec)
+    pose = window.pose
+    ego_hist = _states_to_frame(window.ego, pose)
+
+    idx, slot = nearest_agents(window, spec.num_agents)
+    agents = _gather_rows(window.agents, idx)  # [B, K, H, 5]
+    agent_valid = _gather_rows(window.agent_valid, idx) & slot[..., None]
     agents = _states_to_frame(agents, pose) * agent_valid[..., None]
     types = torch.where(slot, _gather_rows(batch.agent_types, idx), torch.full_like(idx, -1))
     sizes = _gather_rows(batch.agent_sizes, idx) * slot[..., None]
 
     lane_d = (cache.lanes[..., :2] - pose[:, None, None, :2]).norm(dim=-1).amin(-1)  # [B, L]
-    lidx, lslot = _nearest(lane_d, cache.lane_valid, cfg.num_lanes)
+    lidx, lslot = _nearest(lane_d, cache.lane_valid, spec.num_lanes)
     lanes = _gather_rows(cache.lanes, lidx)
     lanes_xy = to_frame(lanes[..., :2], pose[:, None, None, :])
     lanes_h = wrap_angle(lanes[..., 2] - pose[:, None, None, 2])
@@ -308,10 +424,10 @@ def observe(state: "SimState") -> Observation:
     lane_limit = torch.where(lslot, _gather_rows(cache.lane_speed_limit, lidx), math.nan)
     on_route = _gather_rows(cache.lane_on_route, lidx) & lslot
 
-    route, route_valid = route_ahead(state, cfg.route_points)
+    route, route_valid = route_ahead(cache, pose, spec.route_points)
 
     ed = (cache.edge_mid - pose[:, None, :2]).norm(dim=-1)
-    eidx, eslot = _nearest(ed, cache.edge_valid, cfg.num_edges)
+    eidx, eslot = _nearest(ed, cache.edge_valid, spec.num_edges)
     edges = _gather_rows(cache.edges, eidx)
     e0 = to_frame(edges[..., :2], pose[:, None, :])
     e1 = to_frame(edges[..., 2:], pose[:, None, :])
@@ -338,12 +454,10 @@ def observe(state: "SimState") -> Observation:
     )
 
 
-def route_ahead(state: "SimState", count: int) -> tuple[Tensor, Tensor]:
-    """The next ``count`` route points ``[B, count, 3]`` (ego frame) from the ego's projection
-    onto the route (the nearest route point heading the same way, within 90 degrees), and their
-    validity ``[B, count]``."""
-    cache = state.static.map
-    pose = state.ego.pose
+def route_ahead(cache: MapCache, pose: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """The next ``count`` route points ``[B, count, 3]`` (frame of ``pose`` ``[B, 3]``) from the
+    ego's projection onto the route (the nearest route point heading the same way, within 90
+    degrees), and their validity ``[B, count]``."""
     S = cache.route.shape[1]
     d = (cache.route[..., :2] - pose[:, None, :2]).square().sum(-1)
     against = wrap_angle(cache.route[..., 2] - pose[:, None, 2]).abs() > math.pi / 2
@@ -359,20 +473,25 @@ def route_ahead(state: "SimState", count: int) -> tuple[Tensor, Tensor]:
     return torch.cat([xy, h[..., None]], -1) * valid[..., None], valid
 
 
-def privileged(state: "SimState") -> Privileged:
-    """Logged futures after now (``future_steps`` of them, ego frame at now), the agents in the
-    same order as :func:`observe` shows them."""
-    cfg, batch = state.static.config, state.static.batch
+def privileged(batch: ScenarioBatch, t: Tensor, spec: ObservationSpec, *, window: Window | None = None,
+               cache: MapCache | None = None) -> Privileged:
+    """Logged futures after log step ``t`` (long ``[B]``): ``spec.future_steps`` of them, ego frame
+    at now, the agents in the same order as :func:`observe` shows them. ``window`` as in
+    :func:`observe` (it fixes "now": the ego pose and the agents' order); ``cache`` is unused and
+    accepted so both functions take the same arguments."""
+    if window is None:
+        window = log_window(batch, t, 0)
     B, T = batch.step_valid.shape
-    F = cfg.future_steps
-    pose = state.ego.pose
-    t = state.t[:, None] + torch.arange(1, F + 1, device=pose.device)  # [B, F]
-    inside = t < T
-    tc = t.clamp_max(T - 1)
+    F = spec.future_steps
+    pose = window.pose
+    t = t.to(pose.device)
+    tf = t[:, None] + torch.arange(1, F + 1, device=pose.device)  # [B, F]
+    inside = tf < T
+    tc = tf.clamp_max(T - 1)
     b = torch.arange(B, device=pose.device)[:, None]
     ego_valid = inside & batch.step_valid[b, tc]
     ego_future = _states_to_frame(batch.ego[b, tc], pose) * ego_valid[..., None]
-    idx, slot = nearest_agents(state, cfg.num_agents)
+    idx, slot = nearest_agents(window, spec.num_agents)
     K = idx.shape[1]
     if batch.agents.shape[1]:
         agents = batch.agents[b[..., None], idx[..., None], tc[:, None, :]]  # [B, K, F, 5]
