@@ -1,7 +1,8 @@
 """Batched planar geometry in torch: frames, oriented boxes, polylines, polygons.
 
 Every function broadcasts over leading dimensions ``[...]``. Units: metres and radians.
-Boxes are ``(x, y, yaw, length, width)`` with (x, y) the box centre.
+Boxes are ``(x, y, yaw, length, width)`` with (x, y) the box centre; their overlap test is
+:func:`av.checks.box_overlap`.
 """
 
 from __future__ import annotations
@@ -44,22 +45,6 @@ def box_corners(center: Tensor, yaw: Tensor, length: Tensor, width: Tensor) -> T
     dx = torch.stack([fx + lx, -fx + lx, -fx - lx, fx - lx], dim=-1)
     dy = torch.stack([fy + ly, -fy + ly, -fy - ly, fy - ly], dim=-1)
     return torch.stack([dx, dy], dim=-1) + center.unsqueeze(-2)
-
-
-def boxes_overlap(a: Tensor, b: Tensor) -> Tensor:
-    """Separating-axis test for oriented boxes; touching counts as overlap.
-
-    ``a``, ``b``: corners ``[..., 4, 2]`` (from :func:`box_corners`, broadcastable).
-    Returns bool ``[...]``.
-    """
-    a, b = torch.broadcast_tensors(a, b)
-    axes = torch.cat(
-        [a[..., [0, 0], :] - a[..., [1, 3], :], b[..., [0, 0], :] - b[..., [1, 3], :]], dim=-2
-    )  # [..., 4, 2] edge directions; the normals of a rectangle are its edge directions
-    pa = torch.einsum("...kd,...cd->...kc", axes, a)  # [..., 4 axes, 4 corners]
-    pb = torch.einsum("...kd,...cd->...kc", axes, b)
-    separated = (pa.amax(-1) < pb.amin(-1)) | (pb.amax(-1) < pa.amin(-1))
-    return ~separated.any(-1)
 
 
 def point_segment_distance(p: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

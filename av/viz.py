@@ -34,6 +34,7 @@ from av.errors import AvError
 from av.fileio import atomic_write_bytes
 from av.geometry import box_corners
 from av.types import YAW, AgentType, MapData, Scenario, VehicleParams
+from av.vehicle import ego_box
 
 VIEW_SIZE = 80.0  # side of the square view window, m
 VIEW_AHEAD = 15.0  # the window centre lies this far ahead of the ego rear axle, m
@@ -305,10 +306,9 @@ def _ego_corners(ego: np.ndarray, v: VehicleParams) -> np.ndarray:
 
     The box centre lies ``v.rear_axle_to_center`` metres ahead of the rear axle along the heading.
     """
-    e = torch.tensor(ego, dtype=torch.float64)
-    yaw = e[:, YAW]
-    centre = e[:, :2] + v.rear_axle_to_center * torch.stack([torch.cos(yaw), torch.sin(yaw)], dim=-1)
-    return box_corners(centre, yaw, torch.full_like(yaw, v.length), torch.full_like(yaw, v.width)).numpy()
+    dims = torch.tensor([v.length, v.width, v.wheelbase, v.rear_axle_to_center], dtype=torch.float64)
+    box = ego_box(torch.tensor(ego[:, :3], dtype=torch.float64), dims)
+    return box_corners(box[:, :2], box[:, 2], box[:, 3], box[:, 4]).numpy()
 
 
 def _agent_corners(agents: np.ndarray, sizes: np.ndarray) -> np.ndarray:

@@ -25,8 +25,9 @@ import numpy as np
 import shapely
 import torch
 
-from av.geometry import box_corners, boxes_overlap
+from av.checks import box_overlap
 from av.types import YAW, AgentType, MapData, Scenario
+from av.vehicle import box_centre, ego_box
 
 WINDOW_STEPS = 5
 CURVATURE_MIN_SPEED = 2.0  # m/s: below it a heading change says little about the path's curvature
@@ -188,11 +189,15 @@ def finite_difference_velocity(p: np.ndarray, valid: np.ndarray, dt: float) -> n
     return np.where((valid & prv & ~nxt)[..., None], backward, v)
 
 
+def _ego_dims(s: Scenario) -> torch.Tensor:
+    """``[4]`` (length, width, wheelbase, rear_axle_to_center) of the scenario's ego, m."""
+    v = s.ego_vehicle
+    return torch.tensor([v.length, v.width, v.wheelbase, v.rear_axle_to_center], dtype=torch.float64)
+
+
 def _ego_box(s: Scenario, t: int) -> np.ndarray:
     """Ego box ``(x, y, yaw, length, width)`` at step ``t`` (centre from the rear axle)."""
-    x, y, yaw = s.ego[t, :3]
-    r = s.ego_vehicle.rear_axle_to_center
-    return np.array([x + r * math.cos(yaw), y + r * math.sin(yaw), yaw, s.ego_vehicle.length, s.ego_vehicle.width])
+    return ego_box(torch.tensor(s.ego[t, :3], dtype=torch.float64), _ego_dims(s)).numpy()
 
 
 def _overlap_issues(s: Scenario) -> list[Issue]:
@@ -207,8 +212,7 @@ def _overlap_issues(s: Scenario) -> list[Issue]:
     dist = np.linalg.norm(boxes[:, None, :2] - boxes[None, :, :2], axis=-1)
     i, j = np.nonzero(np.triu(dist <= radius[:, None] + radius[None, :], k=1))
     b = torch.from_numpy(boxes)
-    corners = box_corners(b[:, :2], b[:, 2], b[:, 3], b[:, 4])
-    hit = boxes_overlap(corners[i], corners[j]).numpy()
+    hit = box_overlap(b[i], b[j]).numpy()
     i, j = i[hit], j[hit]
     when = f"boxes overlap at the start step (t = {s.timestamps[h]:.1f} s)"
     return [Issue("overlap", "|".join(sorted((names[a], names[c]))), when) for a, c in zip(i, j)]
@@ -232,9 +236,7 @@ def _offroad_issues(s: Scenario) -> list[Issue]:
 
 
 def _ego_box_centres(s: Scenario) -> np.ndarray:
-    r = s.ego_vehicle.rear_axle_to_center
-    yaw = s.ego[:, YAW]
-    return s.ego[:, :2] + r * np.stack([np.cos(yaw), np.sin(yaw)], axis=-1)
+    return box_centre(torch.tensor(s.ego[:, :3], dtype=torch.float64), _ego_dims(s)[3]).numpy()
 
 
 def find_issues(scenario: Scenario, known: Collection[tuple[str, str]] = ()) -> list[Issue]:

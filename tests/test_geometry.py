@@ -10,9 +10,9 @@ import torch
 from conftest import rectangle
 
 from av.batch import ring_edges
+from av.checks import box_overlap
 from av.geometry import (
     box_corners,
-    boxes_overlap,
     distance_to_edges,
     from_frame,
     point_segment_distance,
@@ -61,19 +61,18 @@ def test_box_corners_broadcasts() -> None:
         ((1.9, 1.9, math.pi / 4), False),  # bounding boxes overlap, the boxes do not
     ],
 )
-def test_boxes_overlap_known_cases(b: tuple[float, float, float], overlap: bool) -> None:
-    a = _box(0.0, 0.0, 0.0)
-    other = _box(*b)
-    assert bool(boxes_overlap(a, other)) is overlap
-    assert bool(boxes_overlap(other, a)) is overlap  # symmetric
+def test_box_overlap_known_cases(b: tuple[float, float, float], overlap: bool) -> None:
+    a = torch.tensor([0.0, 0.0, 0.0, 2.0, 2.0], dtype=F64)
+    other = torch.tensor([*b, 2.0, 2.0], dtype=F64)
+    assert bool(box_overlap(a, other)) is overlap
+    assert bool(box_overlap(other, a)) is overlap  # symmetric
 
 
-def test_boxes_overlap_broadcasts_pairs() -> None:
+def test_box_overlap_broadcasts_pairs() -> None:
     xs = torch.tensor([0.0, 1.5, 5.0], dtype=F64)
-    centers = torch.stack([xs, torch.zeros(3, dtype=F64)], dim=-1)
-    two = torch.full((3,), 2.0, dtype=F64)
-    boxes = box_corners(centers, torch.zeros(3, dtype=F64), two, two)
-    pairs = boxes_overlap(boxes[:, None], boxes[None, :])  # [3, 3]
+    boxes = torch.stack([xs, torch.zeros(3, dtype=F64), torch.zeros(3, dtype=F64),
+                         torch.full((3,), 2.0, dtype=F64), torch.full((3,), 2.0, dtype=F64)], dim=-1)
+    pairs = box_overlap(boxes[:, None], boxes[None, :])  # [3, 3]
     expected = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
     assert torch.equal(pairs, expected)
 

@@ -16,7 +16,8 @@ import torch
 from av.data import synth_roads as roads
 from av.data.synth import SynthConfig, write_synthetic_dataroot
 from av.errors import AvError
-from av.geometry import box_corners, boxes_overlap
+from av.checks import box_overlap
+from av.geometry import box_corners
 from av.types import VehicleParams
 
 VERSION = SynthConfig.version
@@ -237,9 +238,9 @@ def test_no_two_boxes_overlap_at_any_key_frame(nusc: Any) -> None:
         xy = np.array([rear + ZOE.rear_axle_to_center * np.array([math.cos(yaw[0]), math.sin(yaw[0])])]
                       + [a["translation"][:2] for a in anns])
         wl = np.array([[ZOE.width, ZOE.length]] + [a["size"][:2] for a in anns])
-        corners = _corners(xy, yaw, wl[:, 1], wl[:, 0])
+        boxes = torch.as_tensor(np.concatenate([xy, yaw[:, None], wl[:, ::-1]], 1), dtype=torch.float64)
         i, j = np.triu_indices(len(xy), 1)
-        hit = boxes_overlap(corners[torch.as_tensor(i)], corners[torch.as_tensor(j)])
+        hit = box_overlap(boxes[torch.as_tensor(i)], boxes[torch.as_tensor(j)])
         assert not hit.any(), [(anns[a - 1]["instance_token"] if a else "ego") for a in i[hit.numpy()]]
 
 
@@ -376,7 +377,8 @@ def test_log_replay_of_the_default_drives_scores_as_a_reference_driver(tmp_path:
     from av.data.nuscenes import ImportConfig, load_nuscenes
     from closedloop.evaluator import evaluate
     from closedloop.planner import make_planner
-    from closedloop.sim import SimConfig, make_simulator
+    from closedloop.driver import rollout as drive
+    from closedloop.sim import make_simulator
 
     root = write_synthetic_dataroot(tmp_path / "root", SynthConfig(drives=6, seed=0))
     scenarios = list(load_nuscenes(root, ImportConfig(version=VERSION)))
@@ -385,8 +387,8 @@ def test_log_replay_of_the_default_drives_scores_as_a_reference_driver(tmp_path:
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            sim = make_simulator("builtin", SimConfig(agents="log"))
-            rollout = sim.run(collate(scenarios), make_planner("log_replay"))
+            sim = make_simulator("builtin", agents="log")
+            rollout = drive(sim, collate(scenarios), make_planner("log_replay"))
             scores = evaluate(rollout)
     finally:
         torch.set_num_threads(threads)

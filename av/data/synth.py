@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from av.data.synth_roads import Network, build_network, map_expansion
-from av.data.synth_traffic import CATEGORIES, ZOE, Drive, run_drive
+from av.data.synth_traffic import CATEGORIES, Drive, ego_centre, run_drive
 from av.errors import AvError
 from av.fileio import atomic_dir
 
@@ -255,8 +255,7 @@ def _annotations(t: dict[str, list[dict]], tok: _Tokens, config: SynthConfig, dr
     category = {r["name"]: r["token"] for r in t["category"]}
     attribute = {r["name"]: r["token"] for r in t["attribute"]}
     pose = drive.pose[:, keys]
-    ego_centre = pose[0, :, :2] + ZOE.rear_axle_to_center * np.stack([np.cos(pose[0, :, 2]), np.sin(pose[0, :, 2])], -1)
-    near = np.hypot(*(pose[..., :2] - ego_centre[None]).transpose(2, 0, 1)) <= config.annotation_radius_m
+    near = np.hypot(*(pose[..., :2] - ego_centre(pose[0])[None]).transpose(2, 0, 1)) <= config.annotation_radius_m
     seen = near & drive.active[:, keys]
     for a, actor in enumerate(drive.actors):
         if actor.kind == "ego" or not seen[a].any():

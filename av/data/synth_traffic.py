@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from av import idm
 from av.data.synth_roads import (
     LANE_WIDTH,
     SHOULDER,
@@ -51,8 +52,9 @@ from av.data.synth_roads import (
     polyline,
     sample_at,
 )
-from av.geometry import box_corners, boxes_overlap
+from av.checks import box_overlap, moved_on
 from av.types import VehicleParams
+from av.vehicle import box_centre
 
 DS = 0.25
 """Path sampling step, m."""
@@ -78,12 +80,14 @@ ZOE = VehicleParams()
 
 @dataclass(frozen=True)
 class Style:
-    """Driving parameters of an actor kind (IDM and comfort limits), SI units."""
+    """Driving parameters of an actor kind, SI units: its parameter set of the IDM law
+    (:mod:`av.idm`; the free-road term is this generator's own, see :func:`simulate`) and its
+    comfort limits. The kinds are genuinely different drivers, so each has its own values."""
 
-    a_max: float  # IDM acceleration
-    b: float  # IDM comfortable deceleration
+    accel: float  # IDM acceleration
+    decel: float  # IDM comfortable deceleration
     headway: float  # IDM time headway, s
-    s0: float  # IDM standstill gap (beyond the corridor's own ~1 m margin), m
+    min_gap: float  # IDM standstill gap (beyond the corridor's own ~1 m margin), m
     acc_min: float
     acc_max: float
     jerk: float  # |da/dt| bound, m/s^3
@@ -665,6 +669,7 @@ def simulate(net: Network, actors: list[Actor], steps: int, dt: float,
     )
     ar = _arrays(net, moving)
     st = ar.style
+    law = idm.PerAgent(*(torch.from_numpy(st[f]) for f in ("accel", "decel", "min_gap", "headway")))
     A = len(moving)
     s = np.array([a.s0 for a in moving], dtype=np.float64)
     v = np.array([a.v0 for a in moving], dtype=np.float64)
@@ -747,9 +752,10 @@ def simulate(net: Network, actors: list[Actor], steps: int, dt: float,
         use_wall = wall_gap < gap
         gap = np.where(use_wall, wall_gap, gap)
         vlead = np.where(use_wall, 0.0, vlead)
-        free = np.where(v <= v_des, st["a_max"] * (1 - (v / v_des) ** 4), -np.minimum((v - v_des) / 0.8, 3.0))
-        s_star = st["s0"] + np.maximum(0.0, v * st["headway"] + v * (v - vlead) / (2 * np.sqrt(st["a_max"] * st["b"])))
-        inter = np.where(np.isfinite(gap), -st["a_max"] * (s_star / np.maximum(gap, 0.05)) ** 2, 0.0)
+        free = np.where(v <= v_des, st["accel"] * (1 - (v / v_des) ** 4), -np.minimum((v - v_des) / 0.8, 3.0))
+        t = torch.from_numpy
+        pressure = idm.interaction(t(v), t(vlead), t(np.maximum(gap, 0.05)), law).numpy()
+        inter = np.where(np.isfinite(gap), -st["accel"] * pressure, 0.0)
         a = np.clip(free + inter, st["acc_min"], st["acc_max"])
         a = np.clip(a, acc - st["jerk"] * dt, acc + st["jerk"] * dt)
         v_new = np.maximum(v + a * dt, 0.0)
@@ -766,22 +772,27 @@ def _lookup_profile(ar: _Arrays, s: np.ndarray) -> np.ndarray:
     return ar.profile[np.arange(len(s)), i]
 
 
+def ego_centre(pose: np.ndarray) -> np.ndarray:
+    """Box centres ``[..., 2]`` of the ego's rear-axle poses ``[..., 3]``."""
+    return box_centre(torch.from_numpy(pose), torch.tensor(ZOE.rear_axle_to_center, dtype=torch.float64)).numpy()
+
+
 def _boxes(actors: list[Actor], pose: np.ndarray) -> torch.Tensor:
-    """Corners ``[N, T, 4, 2]`` of every actor's box, grown by the safety margin."""
+    """Every actor's box ``[N, T, 5]`` (centre x, y, yaw, length, width), grown by the safety margin."""
     xy = pose[..., :2].copy()
     ego = np.array([a.kind == "ego" for a in actors])
-    xy[ego] += ZOE.rear_axle_to_center * np.stack([np.cos(pose[ego, :, 2]), np.sin(pose[ego, :, 2])], -1)
+    xy[ego] = ego_centre(pose[ego])
     lw = np.array([[a.size[1], a.size[0]] for a in actors]) + 2 * _SAFETY_MARGIN
-    t = torch.from_numpy
-    return box_corners(t(xy), t(pose[..., 2]), t(lw[:, None, 0]), t(lw[:, None, 1]))
+    size = np.broadcast_to(lw[:, None], (*pose.shape[:2], 2))
+    return torch.from_numpy(np.concatenate([xy, pose[..., 2:3], size], -1))
 
 
 def first_overlap(actors: list[Actor], pose: np.ndarray, active: np.ndarray) -> tuple[int, int] | None:
     """The first pair ``(i, j)``, ``i < j``, whose boxes overlap at some step, else ``None``."""
-    corners = _boxes(actors, pose)
+    boxes = _boxes(actors, pose)
     N, T = active.shape
     iu, ju = np.triu_indices(N, 1)
-    centre = corners.mean(-2).numpy()
+    centre = boxes[..., :2].numpy()
     reach = np.array([math.hypot(a.size[0], a.size[1]) / 2 + _SAFETY_MARGIN * 1.5 for a in actors])
     close = (np.hypot(*(centre[iu] - centre[ju]).transpose(2, 0, 1)) < (reach[iu] + reach[ju])[:, None])
     close &= active[iu] & active[ju]
@@ -789,7 +800,7 @@ def first_overlap(actors: list[Actor], pose: np.ndarray, active: np.ndarray) -> 
     if len(m) == 0:
         return None
     ti, tj, tt = (torch.from_numpy(x) for x in (iu[m], ju[m], t))
-    hit = boxes_overlap(corners[ti, tt], corners[tj, tt]).numpy()
+    hit = box_overlap(boxes[ti, tt], boxes[tj, tt]).numpy()
     if not hit.any():
         return None
     k = np.flatnonzero(hit)[np.argmin(t[hit])]
@@ -813,7 +824,7 @@ def near_miss(actors: list[Actor], pose: np.ndarray, speed: np.ndarray, active: 
     heading = np.stack([np.cos(yaw), np.sin(yaw)], -1)  # [N, T, 2]
     rear = pose[0, :, :2]
     centre = pose[..., :2].copy()
-    centre[0] = rear + ZOE.rear_axle_to_center * heading[0]
+    centre[0] = ego_centre(pose[0])
     rel = pose[1:, :, :2] - rear[None]
     cos = (rel * heading[0][None]).sum(-1) / np.maximum(np.hypot(rel[..., 0], rel[..., 1]), 1e-9)
     cone = (cos > math.cos(math.radians(_TTC_AHEAD_DEG))) | (junction[None] & (cos >= math.cos(math.radians(150.0))))
@@ -830,15 +841,11 @@ def near_miss(actors: list[Actor], pose: np.ndarray, speed: np.ndarray, active: 
     n = n + 1
     ahead = np.arange(1, int(round(_TTC_S / 0.1)) + 1) * 0.1  # [J] s
 
-    def box(i: np.ndarray) -> torch.Tensor:  # corners [M, J, 4, 2] of actors i at steps k, moved on
-        xy = centre[i, k][:, None] + (speed[i, k][:, None] * ahead)[..., None] * heading[i, k][:, None]
-        shape = (len(k), len(ahead))
-        t = torch.from_numpy
-        return box_corners(t(xy), t(np.broadcast_to(yaw[i, k][:, None], shape).copy()),
-                           t(np.broadcast_to(length[i][:, None], shape).copy()),
-                           t(np.broadcast_to(width[i][:, None], shape).copy()))
+    def box(i: np.ndarray) -> torch.Tensor:  # boxes [M, J, 5] of actors i at steps k, moved on
+        now = torch.from_numpy(np.stack([centre[i, k, 0], centre[i, k, 1], yaw[i, k], length[i], width[i]], -1))
+        return moved_on(now[:, None], torch.from_numpy(speed[i, k])[:, None], torch.from_numpy(ahead))
 
-    hit = boxes_overlap(box(np.zeros_like(n)), box(n)).numpy().any(1)
+    hit = box_overlap(box(np.zeros_like(n)), box(n)).numpy().any(1)
     if not hit.any():
         return None
     i = np.flatnonzero(hit)[np.argmin(k[hit])]

@@ -28,6 +28,10 @@ DDC_COMPLIANT_M, DDC_VIOLATION_M = 2.0, 6.0
 OVERSPEED_NORMALISER = 2.23  # m/s
 PDM_PROGRESS_FLOOR_M = 5.0
 
+# Weights of the weighted sub-scores: nuPlan CLS weighs progress, TTC, speed limit and comfort;
+# NAVSIM PDMS the same without the speed limit. The PDM-style planner scores its proposals with them.
+WEIGHT_PROGRESS, WEIGHT_TTC, WEIGHT_SPEED_LIMIT, WEIGHT_COMFORT = 5.0, 5.0, 4.0, 2.0
+
 
 @dataclass(frozen=True)
 class MetricValues:
@@ -131,7 +135,8 @@ def comfort_score(within: MetricValues) -> tuple[Tensor, Tensor]:
 
 def cls_score(nc: Tensor, dac: Tensor, ddc: Tensor, mp: Tensor, ep: Tensor, ttc: Tensor, sl: Tensor, c: Tensor) -> Tensor:
     """nuPlan scenario score S = NC DAC MP DDC (5 EP + 5 TTC + 4 SL + 2 C) / 16."""
-    return nc * dac * mp * ddc * (5.0 * ep + 5.0 * ttc + 4.0 * sl + 2.0 * c) / 16.0
+    weighted = WEIGHT_PROGRESS * ep + WEIGHT_TTC * ttc + WEIGHT_SPEED_LIMIT * sl + WEIGHT_COMFORT * c
+    return nc * dac * mp * ddc * weighted / (WEIGHT_PROGRESS + WEIGHT_TTC + WEIGHT_SPEED_LIMIT + WEIGHT_COMFORT)
 
 
 # ----------------------------------------------------------------------------- NAVSIM PDMS sub-scores
@@ -153,7 +158,8 @@ def pdms_ep(raw: Tensor, multiplier: Tensor, reference: Tensor) -> Tensor:
 
 def pdms_score(nc: Tensor, dac: Tensor, ttc: Tensor, ep: Tensor, c: Tensor) -> Tensor:
     """PDMS = NC DAC (5 TTC + 5 EP + 2 C) / 12 (DDC has weight 0 in v1)."""
-    return nc * dac * (5.0 * ttc + 5.0 * ep + 2.0 * c) / 12.0
+    weighted = WEIGHT_TTC * ttc + WEIGHT_PROGRESS * ep + WEIGHT_COMFORT * c
+    return nc * dac * weighted / (WEIGHT_TTC + WEIGHT_PROGRESS + WEIGHT_COMFORT)
 
 
 # ----------------------------------------------------------------------------- reports

@@ -20,8 +20,11 @@ import torch
 from scipy.signal import savgol_filter
 from torch import Tensor
 
-QUANTITIES = ("lon_accel", "lat_accel", "jerk", "lon_jerk", "yaw_rate", "yaw_accel")
-"""Order of the comfort checks in every ``[B, 6, ...]`` tensor of this module."""
+from av.checks import COMFORT_QUANTITIES, within_comfort_bounds
+
+QUANTITIES = COMFORT_QUANTITIES
+"""Order of the comfort checks in every ``[B, 6, ...]`` tensor of this module (bounds:
+:data:`av.checks.COMFORT_BOUNDS`)."""
 
 LABELS = {
     "lon_accel": "lon. acceleration",
@@ -30,15 +33,6 @@ LABELS = {
     "lon_jerk": "lon. jerk",
     "yaw_rate": "yaw rate",
     "yaw_accel": "yaw acceleration",
-}
-
-BOUNDS = {
-    "lon_accel": (-4.05, 2.40),  # m/s^2
-    "lat_accel": (-4.89, 4.89),  # m/s^2
-    "jerk": (-8.37, 8.37),  # m/s^3
-    "lon_jerk": (-4.13, 4.13),  # m/s^3
-    "yaw_rate": (-0.95, 0.95),  # rad/s
-    "yaw_accel": (-1.93, 1.93),  # rad/s^2
 }
 
 MIN_SAMPLES = 4
@@ -105,12 +99,6 @@ def comfort_series(
     return torch.round(out, decimals=8)
 
 
-def _bounds(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    lo = torch.tensor([BOUNDS[q][0] for q in QUANTITIES], dtype=dtype)
-    hi = torch.tensor([BOUNDS[q][1] for q in QUANTITIES], dtype=dtype)
-    return lo, hi
-
-
 def comfort_within_bounds(
     a_lon: Tensor, a_lat: Tensor, a_norm: Tensor, yaw: Tensor, valid: Tensor, dt: float, windows: Windows
 ) -> tuple[Tensor, Tensor]:
@@ -124,7 +112,6 @@ def comfort_within_bounds(
     ok = torch.ones(B, len(QUANTITIES), T, dtype=torch.bool)
     checked = torch.zeros_like(ok)
     lengths = valid.sum(-1)
-    lo, hi = _bounds(torch.float64)
     for n in torch.unique(lengths).tolist():
         if n < MIN_SAMPLES:
             continue
@@ -132,6 +119,6 @@ def comfort_within_bounds(
         series = comfort_series(
             a_lon[rows, :n], a_lat[rows, :n], a_norm[rows, :n], yaw[rows, :n], dt, windows
         )
-        ok[rows, :, :n] = (series > lo[:, None]) & (series < hi[:, None])
+        ok[rows, :, :n] = within_comfort_bounds(series)
         checked[rows, :, :n] = True
     return ok, checked

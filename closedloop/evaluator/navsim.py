@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from av.geometry import box_corners, boxes_overlap
+from av.checks import bounding_radius, box_overlap, moved_on
 from closedloop.evaluator import comfort as comfort_mod
 from closedloop.evaluator import lanes
 from closedloop.evaluator.aggregate import Contacts, MetricValues
@@ -32,8 +32,7 @@ from closedloop.evaluator.nuplan import (
     EGO_STOPPED,
     MapState,
     Scene,
-    _agent_corners,
-    _half_diag,
+    agent_box,
     _is_static,
     classify_contacts,
     first_step,
@@ -98,25 +97,22 @@ def time_to_collision(scene: Scene, ms: MapState, horizon: Tensor) -> MetricValu
     H = horizon.shape[1]
     wide = multiple_lanes(ms) | non_drivable(ms) | ms.rear_intersection
     moving = (scene.speed[:, :H] >= EGO_STOPPED_TTC) & horizon
-    r = _half_diag(scene.dims[:, :2])[:, None, None] + _half_diag(scene.agent_sizes)[..., None]
+    r = bounding_radius(scene.dims[:, :2])[:, None, None] + bounding_radius(scene.agent_sizes)[..., None]
     big = len(TTC_OFFSETS) * (H + 1)
     first_q = torch.full((B, N), big, dtype=torch.long)
     first_nq = torch.full((B, N), big, dtype=torch.long)
     yaw = scene.ego[..., 2]
-    direction = torch.stack([torch.cos(yaw), torch.sin(yaw)], -1)
     for j, off in enumerate(TTC_OFFSETS):
         S = min(H, W - off)  # ego steps t < S see object frames t + off < W
         if S <= 0:
             break
         f = torch.arange(S)
-        shift = (scene.speed[:, :S] * off * scene.dt)[..., None] * direction[:, :S]
-        centre = scene.centre[:, :S] + shift  # [B, S, 2]
+        ego = moved_on(scene.box[:, :S], scene.speed[:, :S] * off, scene.dt)  # [B, S, 5]
         a = scene.log_agents[:, :, off : off + S]
-        d = torch.linalg.vector_norm(a[..., :2] - centre[:, None], dim=-1)
+        d = torch.linalg.vector_norm(a[..., :2] - ego[:, None, :, :2], dim=-1)
         cand = (d <= r + 1e-3) & scene.log_agent_valid[:, :, off : off + S] & moving[:, None, :S]
         b, n, t = cand.nonzero(as_tuple=True)
-        e_box = box_corners(centre[b, t], yaw[b, t], scene.dims[b, 0], scene.dims[b, 1])
-        hit = boxes_overlap(e_box, _agent_corners(a[b, n, t], scene.agent_sizes[b, n]))
+        hit = box_overlap(ego[b, t], agent_box(a[b, n, t], scene.agent_sizes[b, n]))
         b, n, t = b[hit], n[hit], t[hit]
         phi = relative_angle(scene.ego[b, t, :2], yaw[b, t], a[b, n, t, :2])
         qual = (phi < math.radians(AHEAD_DEG)) | (wide[b, t] & ~(phi > math.radians(BEHIND_DEG)))

@@ -35,8 +35,10 @@ import torch
 from torch import Tensor
 
 from av.batch import ScenarioBatch
-from av.geometry import box_corners, boxes_overlap
+from av.checks import bounding_radius, box_overlap, may_overlap, moved_on
+from av.geometry import box_corners
 from av.types import AgentType
+from av.vehicle import box_centre, ego_box
 from closedloop.evaluator import comfort as comfort_mod
 from closedloop.evaluator import lanes
 from closedloop.evaluator.aggregate import Contacts, MetricValues, agent_group
@@ -69,8 +71,9 @@ class Scene:
       ``yaw_rate`` ``[B, W]`` rad/s; ``yaw_accel`` ``[B, W]`` rad/s^2.
     * ``expert`` ``[B, W, 5]`` logged ego, ``expert_valid`` ``[B, W]``.
     * ``dims`` ``[B, 4]``: length, width, wheelbase, rear_axle_to_center (m).
-    * ``centre``/``expert_centre`` ``[B, W, 2]`` box centres; ``corners`` ``[B, W, 4, 2]`` (FL, RL,
-      RR, FR); ``speed`` ``[B, W]`` norm of the rear-axle velocity.
+    * ``centre``/``expert_centre`` ``[B, W, 2]`` box centres; ``box`` ``[B, W, 5]`` the ego box
+      (centre x, y, yaw, length, width); ``corners`` ``[B, W, 4, 2]`` its corners (FL, RL, RR,
+      FR); ``speed`` ``[B, W]`` norm of the rear-axle velocity.
     * ``agents`` ``[B, N, W, 5]``, ``agent_valid`` ``[B, N, W]`` as simulated; ``log_agents``,
       ``log_agent_valid`` log-replayed agents (the rollout's in ``"log"`` agent mode, else the
       batch's); ``agent_types`` long ``[B, N]`` (-1 padding);
@@ -89,6 +92,7 @@ class Scene:
     dims: Tensor
     centre: Tensor
     expert_centre: Tensor
+    box: Tensor
     corners: Tensor
     speed: Tensor
     agents: Tensor
@@ -97,11 +101,6 @@ class Scene:
     log_agent_valid: Tensor
     agent_types: Tensor
     agent_sizes: Tensor
-
-
-def _centre(state: Tensor, r2c: Tensor) -> Tensor:
-    yaw = state[..., 2]
-    return state[..., :2] + r2c[..., None] * torch.stack([torch.cos(yaw), torch.sin(yaw)], -1)
 
 
 def build_scene(rollout: Rollout) -> Scene:
@@ -132,9 +131,8 @@ def build_scene(rollout: Rollout) -> Scene:
         log_agents = over_t(batch.agents.float(), 2)
         log_agent_valid = over_t(batch.agent_valid, 2) & valid[:, None]
     dims = batch.ego_dims.float()
-    r2c = dims[:, 3:4].expand(B, W)
-    centre = _centre(ego, r2c)
-    corners = box_corners(centre, ego[..., 2], dims[:, 0:1].expand(B, W), dims[:, 1:2].expand(B, W))
+    box = ego_box(ego[..., :3], dims[:, None])
+    corners = box_corners(box[..., :2], box[..., 2], box[..., 3], box[..., 4])
     return Scene(
         dt=float(batch.dt),
         valid=valid,
@@ -146,8 +144,9 @@ def build_scene(rollout: Rollout) -> Scene:
         expert=expert,
         expert_valid=expert_valid,
         dims=dims,
-        centre=centre,
-        expert_centre=_centre(expert, r2c),
+        centre=box[..., :2],
+        expert_centre=box_centre(expert[..., :3], dims[:, 3:4].expand(B, W)),
+        box=box,
         corners=corners,
         speed=torch.linalg.vector_norm(ego[..., 3:5], dim=-1),
         agents=agents,
@@ -259,8 +258,9 @@ def segment_hits_box(p0: Tensor, p1: Tensor, corners: Tensor) -> Tensor:
     return ~separated.any(-1)
 
 
-def _half_diag(sizes: Tensor) -> Tensor:
-    return torch.hypot(sizes[..., 0], sizes[..., 1]) / 2
+def agent_box(agents: Tensor, sizes: Tensor) -> Tensor:
+    """Boxes ``[..., 5]`` of agent states ``[..., 5]`` (box centres) with ``sizes`` ``[..., 2]``."""
+    return torch.cat([agents[..., :3], sizes], -1)
 
 
 def _agent_corners(agents: Tensor, sizes: Tensor) -> Tensor:
@@ -274,12 +274,12 @@ def overlaps(scene: Scene, agents: Tensor, agent_valid: Tensor, steps: Tensor) -
     the leading steps to test.
     """
     S = steps.shape[1]
-    r = _half_diag(scene.dims[:, :2])[:, None, None] + _half_diag(scene.agent_sizes)[..., None]
+    r = bounding_radius(scene.dims[:, :2])[:, None, None] + bounding_radius(scene.agent_sizes)[..., None]
     d = torch.linalg.vector_norm(agents[:, :, :S, :2] - scene.centre[:, None, :S], dim=-1)
     cand = (d <= r + 1e-3) & agent_valid[:, :, :S] & steps[:, None]
     b, n, t = cand.nonzero(as_tuple=True)
     out = torch.zeros_like(cand)
-    out[b, n, t] = boxes_overlap(scene.corners[b, t], _agent_corners(agents[b, n, t], scene.agent_sizes[b, n]))
+    out[b, n, t] = box_overlap(scene.box[b, t], agent_box(agents[b, n, t], scene.agent_sizes[b, n]))
     return out
 
 
@@ -345,8 +345,8 @@ def time_to_collision(scene: Scene, ms: MapState, contacts: Contacts) -> MetricV
     t = torch.arange(W)
     v_a_all = torch.linalg.vector_norm(scene.agents[..., 3:5], dim=-1)
     v_a_all = torch.where(_is_static(scene)[..., None], torch.zeros(()), v_a_all)
-    r_e = _half_diag(scene.dims[:, :2])
-    r_a = _half_diag(scene.agent_sizes)
+    r_e = bounding_radius(scene.dims[:, :2])
+    r_a = bounding_radius(scene.agent_sizes)
     horizon = TTC_STEPS * scene.dt
     reach = r_e[:, None, None] + r_a[..., None] + (scene.speed[:, None] + v_a_all) * horizon
     d = torch.linalg.vector_norm(scene.agents[..., :2] - scene.centre[:, None], dim=-1)
@@ -360,19 +360,12 @@ def time_to_collision(scene: Scene, ms: MapState, contacts: Contacts) -> MetricV
     cone = (phi < math.radians(AHEAD_DEG)) | (wide & ~(phi > math.radians(BEHIND_DEG)))
     b, n, s, ego, a = b[cone], n[cone], s[cone], ego[cone], a[cone]
     v_e, v_a = scene.speed[b, s], v_a_all[b, n, s]
-    ego_dir = torch.stack([torch.cos(ego[:, 2]), torch.sin(ego[:, 2])], -1)
-    a_dir = torch.stack([torch.cos(a[:, 2]), torch.sin(a[:, 2])], -1)
-    centre = scene.centre[b, s]
-    r = r_e[b] + r_a[b, n] + 1e-3
+    e_box, a_box = scene.box[b, s], agent_box(a, scene.agent_sizes[b, n])
     hit = torch.zeros(b.shape[0], dtype=torch.bool)
     for j in range(1, TTC_STEPS + 1):
-        dt = j * scene.dt
-        ec = centre + (v_e * dt)[:, None] * ego_dir
-        ac = a[:, :2] + (v_a * dt)[:, None] * a_dir
-        close = (~hit & (torch.linalg.vector_norm(ec - ac, dim=-1) <= r)).nonzero(as_tuple=True)[0]
-        e_box = box_corners(ec[close], ego[close, 2], scene.dims[b[close], 0], scene.dims[b[close], 1])
-        a_box = box_corners(ac[close], a[close, 2], scene.agent_sizes[b[close], n[close], 0], scene.agent_sizes[b[close], n[close], 1])
-        hit[close] = boxes_overlap(e_box, a_box)
+        e, o = moved_on(e_box, v_e, j * scene.dt), moved_on(a_box, v_a, j * scene.dt)
+        close = (~hit & may_overlap(e, o, 1e-3)).nonzero(as_tuple=True)[0]
+        hit[close] = box_overlap(e[close], o[close])
     fail = torch.zeros(B, W, dtype=torch.bool)
     fail[b[hit], s[hit]] = True
     at_fault_now = torch.zeros(B, W + 1, dtype=torch.bool)

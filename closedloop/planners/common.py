@@ -1,5 +1,6 @@
 """Shared pieces of the rule planners (IDM, PDM-Closed): the route as a path, projections onto
-it, the lead-agent selection and the batched IDM rollout along the path.
+it, the lead-agent selection, the batched IDM rollout along the path (the law: :mod:`av.idm`)
+and the proposals driven as the simulator would drive them.
 
 Everything is in the ego frame at plan time (x forward, y left), SI units, and batched: ``B``
 planning problems, ``K`` proposals per problem, ``N`` agents, ``H`` trajectory steps, ``S`` path
@@ -15,8 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from av import idm
 from av.geometry import point_segment_distance, wrap_angle
 from av.observation import Observation
+from av.vehicle import VehicleLimits, VehicleState, bicycle_step, steer_for
+from closedloop.sim.vehicle import GainTable, make_plan, track
 
 #: Speed used where the lane speed limit is unknown (NaN): 50 km/h, m/s.
 DEFAULT_SPEED_LIMIT = 13.9
@@ -26,7 +30,9 @@ LANE_HALF_WIDTH = 1.75
 
 @dataclass(frozen=True)
 class IDMParams:
-    """Intelligent Driver Model parameters (SI units) and the path-speed limits used with it.
+    """The ego planners' parameter set of the IDM law (:mod:`av.idm`; SI units) and the path-speed
+    limits used with it. Its values differ from the reactive agents' on purpose: the planned ego
+    keeps a longer time headway than the logged drivers those model.
 
     ``accel``: maximum acceleration a (m/s^2); ``decel``: comfortable deceleration b (m/s^2);
     ``max_decel``: hard braking limit (m/s^2); ``min_gap``: standstill gap s0 (m);
@@ -331,20 +337,6 @@ def path_poses(path: RoutePath, s: Tensor, d: Tensor, slope: Tensor) -> Tensor:
     return torch.cat([xy + d[..., None] * normal, wrap_angle(h + torch.atan(slope))[..., None]], dim=-1)
 
 
-def free_road(v: Tensor, v0: Tensor, params: IDMParams) -> Tensor:
-    """IDM free-road acceleration (m/s^2) at speed ``v`` towards desired speed ``v0`` (m/s).
-
-    Below ``v0`` it is IDM's ``a (1 - (v / v0)^delta)``; above it the "improved IDM" branch
-    ``-b (1 - (v0 / v)^(a delta / b))`` slows down at most at the comfortable deceleration b,
-    so a lower desired speed (a curve ahead, a stop with ``v0 = 0``) never brakes harshly.
-    """
-    a, b = params.accel, params.decel
-    below = a * (1.0 - (v / v0.clamp_min(1e-3)).clamp_max(1.0) ** params.exponent)
-    above = -b * (1.0 - (v0 / v.clamp_min(1e-3)).clamp_max(1.0) ** (a * params.exponent / b))
-    stopping = torch.where(v > 0, -b, 0.0)  # v0 = 0: brake at b, then stand still
-    return torch.where(v0 <= 1e-3, stopping, torch.where(v <= v0, below, above))
-
-
 def idm_rollout(
     path: RoutePath,
     agents: AgentsOnPath,
@@ -379,8 +371,7 @@ def idm_rollout(
     ahead_of_ego = agents.s[:, None] > path.ego_s[:, None, None]
     lead = agents.valid[:, None] & (lateral_gap < corridor[:, None, None]) & ahead_of_ego  # [B, K, N]
     ahead = agents.s[:, None] - agents.half_lon[:, None]  # rear of the lead, at t = 0 [B, 1, N]
-    a, b = params.accel, params.decel
-    root_ab = 2.0 * math.sqrt(a * b)
+    a = params.accel
     s = path.ego_s[:, None].expand(B, K).clone()
     v = speed[:, None].expand(B, K).clone()
     acc_prev = accel[:, None].expand(B, K)
@@ -390,14 +381,13 @@ def idm_rollout(
         t = k * dt
         v0 = torch.minimum(target_speed, path.at(path.speed_cap, s)).clamp_min(0.0)
         gap = (ahead + agents.v[:, None] * t - (s + ego_front[:, None])[..., None]).clamp_min(0.1)
-        dv = v[..., None] - agents.v[:, None]
-        s_star = params.min_gap + (v[..., None] * params.headway + v[..., None] * dv / root_ab).clamp_min(0.0)
         # The end of the route acts as a stopped lead whose rear is ``min_gap`` past it.
         end_gap = (path.end_s[:, None] + params.min_gap - s - ego_front[:, None]).clamp_min(0.1)
-        inter = ((params.min_gap + v * params.headway + v * v / root_ab) / end_gap) ** 2
+        inter = idm.interaction(v, 0.0, end_gap, params)
         if lead.shape[-1]:
-            inter = torch.maximum(inter, torch.where(lead, (s_star / gap) ** 2, torch.zeros_like(gap)).amax(-1))
-        acc = (free_road(v, v0, params) - a * inter).clamp(-params.max_decel, a)
+            lead_inter = idm.interaction(v[..., None], agents.v[:, None], gap, params)
+            inter = torch.maximum(inter, torch.where(lead, lead_inter, torch.zeros_like(gap)).amax(-1))
+        acc = (idm.free_road(v, v0, params, params.exponent) - a * inter).clamp(-params.max_decel, a)
         acc = torch.maximum(torch.minimum(acc, acc_prev + step_jerk), acc_prev - step_jerk)
         v_new = (v + acc * dt).clamp_min(0.0)
         acc_prev = torch.where(v_new > 0, acc, torch.zeros_like(acc))  # a stopped car holds still
@@ -414,11 +404,26 @@ def idm_rollout(
     return s_all, v_all, d, slope
 
 
+def ego_state(obs: Observation) -> VehicleState:
+    """The ego's bicycle-model state now (``[B]``, ego frame: pose 0) from its observed history:
+    speed, acceleration (:func:`current_accel`) and yaw rate from the last two history steps, and
+    the steering that yaw rate needs (0 below 1 m/s)."""
+    hist = obs.ego_history
+    speed = hist[:, -1, 3].clamp_min(0.0)
+    yaw_rate = torch.zeros_like(speed)
+    if hist.shape[1] >= 2:
+        yaw_rate = wrap_angle(hist[:, -1, 2] - hist[:, -2, 2]) / obs.dt
+    curvature = yaw_rate / speed.clamp_min(1.0)
+    steer = torch.where(speed > 1.0, steer_for(curvature, obs.ego_dims[:, 2]), torch.zeros_like(speed))
+    return VehicleState(torch.zeros_like(hist[:, -1, :3]), speed, current_accel(obs), steer, yaw_rate,
+                        torch.zeros_like(speed))
+
+
 @dataclass(frozen=True)
 class Simulated:
-    """Proposals driven by a kinematic bicycle with pure-pursuit steering (all ``[B, K, S]``,
-    times ``dt .. S dt``): rear-axle ``pose`` ``[B, K, S, 3]`` (ego frame), ``speed`` (m/s),
-    longitudinal ``accel`` (m/s^2) and ``yaw_rate`` (rad/s)."""
+    """Proposals as the ego would drive them (all ``[B, K, S]``, times ``dt .. S dt``): rear-axle
+    ``pose`` ``[B, K, S, 3]`` (ego frame), ``speed`` (m/s), longitudinal ``accel`` (m/s^2) and
+    ``yaw_rate`` (rad/s)."""
 
     pose: Tensor
     speed: Tensor
@@ -426,57 +431,23 @@ class Simulated:
     yaw_rate: Tensor
 
 
-def simulate_proposals(
-    path: RoutePath,
-    s: Tensor,
-    v: Tensor,
-    offset: Tensor,
-    speed: Tensor,
-    wheelbase: Tensor,
-    params: IDMParams,
-    steps: int,
-    dt: float,
-    max_steer: float = 0.6,
-) -> Simulated:
-    """Drive ``K`` proposals per problem forward for ``steps`` x ``dt`` s from the current state.
-
-    ``s``, ``v`` ``[B, K, H >= steps]``: the proposals' arc lengths (m) and speeds (m/s) from
-    :func:`idm_rollout`; ``offset`` ``[B, K]`` their target lateral offsets (m); ``speed`` ``[B]``
-    the current speed; ``wheelbase`` ``[B]`` (m). The speed follows the proposal within
-    ``[-max_decel, accel]``; the steering pursues the proposal's path 0.8 s (>= 3 m) ahead,
-    limited to ``max_steer`` rad.
-    """
-    B, K = offset.shape
-    blend = blend_length(speed)[:, None].expand(B, K)
-    kappa_max = math.tan(max_steer) / wheelbase[:, None]
-    x = torch.zeros(B, K, device=s.device, dtype=s.dtype)
-    y, yaw = torch.zeros_like(x), torch.zeros_like(x)
-    vel = speed[:, None].expand(B, K).clone()
-    s_now = path.ego_s[:, None].expand(B, K)
-    poses, speeds, accels, rates = [], [], [], []
-    for k in range(steps):
-        acc = ((v[..., k] - vel) / dt).clamp(-params.max_decel, params.accel)
-        v_new = (vel + acc * dt).clamp_min(0.0)
-        v_mid = 0.5 * (vel + v_new)
-        s_look = s_now + (0.8 * vel).clamp_min(3.0)
-        d_look, slope = lateral_profile(path, s_look[..., None], offset, blend)
-        target = path_poses(path, s_look[..., None], d_look, slope)[..., 0, :2]
-        dx, dy = target[..., 0] - x, target[..., 1] - y
-        c, sn = torch.cos(yaw), torch.sin(yaw)
-        lx, ly = c * dx + sn * dy, -sn * dx + c * dy
-        kappa = (2.0 * ly / (lx * lx + ly * ly).clamp_min(1e-6)).clamp(-kappa_max, kappa_max)
-        rate = v_mid * kappa
-        yaw_mid = yaw + 0.5 * rate * dt
-        x = x + v_mid * torch.cos(yaw_mid) * dt
-        y = y + v_mid * torch.sin(yaw_mid) * dt
-        yaw = wrap_angle(yaw + rate * dt)
-        vel = v_new
-        s_now = s[..., k]
-        poses.append(torch.stack([x, y, yaw], -1))
-        speeds.append(vel)
-        accels.append(acc)
-        rates.append(rate)
-    return Simulated(
-        pose=torch.stack(poses, 2), speed=torch.stack(speeds, -1), accel=torch.stack(accels, -1),
-        yaw_rate=torch.stack(rates, -1),
-    )
+def simulate_proposals(obs: Observation, poses: Tensor, dt: float, limits: VehicleLimits = VehicleLimits()
+                       ) -> Simulated:
+    """Drive ``K`` proposals per problem, ``poses`` ``[B, K, S, 3]`` (ego frame, at ``dt .. S dt``),
+    from the ego's state now (:func:`ego_state`) with the simulator's own tracking controller
+    (:func:`closedloop.sim.vehicle.track`) and vehicle model (:func:`av.vehicle.bicycle_step`
+    under ``limits``), ``S`` steps of ``dt`` s, batched over problems x proposals."""
+    B, K, S, _ = poses.shape
+    wheelbase = obs.ego_dims[:, 2].repeat_interleave(K)
+    start = ego_state(obs)
+    ego = VehicleState(*(x.repeat_interleave(K, 0) for x in (start.pose, start.speed, start.accel, start.steer,
+                                                             start.yaw_rate, start.yaw_accel)))
+    plan = make_plan(poses.reshape(B * K, S, 3), wheelbase, limits, 0)
+    gains = GainTable.build(dt, poses.dtype, str(poses.device))
+    out = []
+    for k in range(S):
+        accel, steer_rate = track(ego, plan, k, wheelbase, limits, dt, gains)
+        ego = bicycle_step(ego, accel, steer_rate, wheelbase, limits, dt)
+        out.append((ego.pose, ego.speed, ego.accel, ego.yaw_rate))
+    pose, speed, accel, rate = (torch.stack(x, 1).reshape(B, K, S, *x[0].shape[1:]) for x in zip(*out))
+    return Simulated(pose=pose, speed=speed, accel=accel, yaw_rate=rate)

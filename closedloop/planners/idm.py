@@ -3,9 +3,14 @@ Intelligent Driver Model for the nearest agent ahead in the lane."""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
+
 import torch
 
+from av.errors import AvError
 from av.observation import Observation, Privileged, Trajectory
+from av.vehicle import front_overhang
 from closedloop.planners.common import (
     LANE_HALF_WIDTH,
     IDMParams,
@@ -16,6 +21,29 @@ from closedloop.planners.common import (
     lane_speed_limit,
     path_poses,
 )
+
+
+def check_idm(params: IDMParams, planner: str) -> None:
+    """Raise :class:`AvError` unless every IDM parameter is positive (``max_jerk``: or unset)."""
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if value is not None and not value > 0:
+            raise AvError(f"{planner}: idm.{f.name} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class IDMSettings:
+    """Settings of :class:`IDMPlanner`: the IDM parameters (SI units) and the plan's length."""
+
+    idm: IDMParams = field(default=IDMParams(), metadata={"help": "IDM parameters"})
+    horizon_steps: int = field(default=80, metadata={"help": "poses in a plan"})
+    step: float = field(default=0.1, metadata={"help": "time between plan poses, s"})
+
+    def validate(self) -> "IDMSettings":
+        check_idm(self.idm, "idm")
+        if self.horizon_steps < 1 or not self.step > 0:
+            raise AvError(f"idm: horizon_steps must be >= 1 and step > 0, got {self.horizon_steps}, {self.step}")
+        return self
 
 
 class IDMPlanner:
@@ -31,10 +59,11 @@ class IDMPlanner:
     name = "idm"
     privileged = False
 
-    def __init__(self, params: IDMParams = IDMParams(), horizon_steps: int = 80, step: float = 0.1) -> None:
-        self.params = params
-        self.horizon_steps = horizon_steps
-        self.step = step
+    def __init__(self, settings: IDMSettings = IDMSettings()) -> None:
+        self.settings = settings.validate()
+        self.params = settings.idm
+        self.horizon_steps = settings.horizon_steps
+        self.step = settings.step
 
     def plan(self, observation: Observation, privileged: Privileged | None = None) -> Trajectory:
         """``B`` observations -> :class:`Trajectory` ``[B, horizon_steps, 3]`` (ego frame)."""
@@ -51,7 +80,7 @@ class IDMPlanner:
             target_speed=lane_speed_limit(obs)[:, None],
             offset=torch.zeros(B, 1, device=dims.device),
             corridor=torch.full((B,), LANE_HALF_WIDTH, device=dims.device),
-            ego_front=dims[:, 3] + 0.5 * dims[:, 0],
+            ego_front=front_overhang(dims),
             params=self.params,
             steps=self.horizon_steps,
             dt=self.step,

@@ -1,23 +1,30 @@
 """A PDM-Closed-style rule planner: IDM proposals at several speeds and lateral offsets of the
-route, each driven forward by a kinematic model and scored with evaluator-like checks computed
-on the :class:`~av.observation.Observation`; the best proposal is the plan.
+route, each driven forward by the simulator's tracking controller and vehicle model
+(:func:`~closedloop.planners.common.simulate_proposals`) and scored with the evaluator's checks
+(:mod:`av.checks`) computed on the :class:`~av.observation.Observation`; the best proposal is
+the plan.
 
-The checks mirror the closed-loop score: at-fault collisions with agents extrapolated at
+The score mirrors the closed-loop score: at-fault collisions with agents extrapolated at
 constant velocity and leaving the drivable area are multipliers; progress along the route,
-time-to-collision and comfort are weighted 5 : 5 : 2. Ties go to the proposal whose first
-violation comes latest, then to the one with more progress.
+time-to-collision and comfort are weighted with the evaluator's weights
+(:mod:`closedloop.evaluator.aggregate`, 5 : 5 : 2), comfort within its bounds. Ties go to the
+proposal whose first violation comes latest, then to the one with more progress.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from av.geometry import box_corners, boxes_overlap, point_segment_distance
+from av.errors import AvError
+from av.checks import box_overlap, complete_radius, leaves_drivable_area, may_overlap, within_comfort_bounds
+from av.geometry import box_corners, point_segment_distance
 from av.observation import Observation, Privileged, Trajectory
-from closedloop.evaluator.comfort import BOUNDS as COMFORT_BOUNDS
+from av.vehicle import box_centre, front_overhang
+from closedloop.evaluator.aggregate import WEIGHT_COMFORT, WEIGHT_PROGRESS, WEIGHT_TTC
+from closedloop.evaluator.nuplan import EGO_STOPPED, EGO_STOPPED_TTC
 from closedloop.planners.common import (
     AgentsOnPath,
     IDMParams,
@@ -33,6 +40,7 @@ from closedloop.planners.common import (
     path_poses,
     simulate_proposals,
 )
+from closedloop.planners.idm import check_idm
 
 
 @dataclass(frozen=True)
@@ -59,9 +67,9 @@ class PDMConfig:
     max_agents: int = 24
     corridor_margin: float = 0.5
     ttc_horizons: tuple[float, ...] = (0.5, 1.0)
-    weight_progress: float = 5.0
-    weight_ttc: float = 5.0
-    weight_comfort: float = 2.0
+    weight_progress: float = WEIGHT_PROGRESS
+    weight_ttc: float = WEIGHT_TTC
+    weight_comfort: float = WEIGHT_COMFORT
     min_progress: float = 1.0
     offset_penalty: float = 0.1
 
@@ -84,6 +92,29 @@ class ProposalScores:
     offset: Tensor
 
 
+@dataclass(frozen=True)
+class PDMSettings:
+    """Settings of :class:`PDMClosedPlanner`: its IDM parameters (jerk-limited), the proposal grid
+    and scoring (:class:`PDMConfig`) and the plan's length."""
+
+    idm: IDMParams = field(default=IDMParams(max_jerk=3.0), metadata={"help": "IDM parameters of the proposals"})
+    proposals: PDMConfig = field(default=PDMConfig(), metadata={"help": "proposal grid and scoring"})
+    horizon_steps: int = field(default=80, metadata={"help": "poses in a plan"})
+    step: float = field(default=0.1, metadata={"help": "time between plan poses, s"})
+
+    def validate(self) -> "PDMSettings":
+        check_idm(self.idm, "pdm_closed")
+        p = self.proposals
+        if not (p.speed_fractions and p.lateral_offsets and p.ttc_horizons):
+            raise AvError("pdm_closed: proposals.speed_fractions, lateral_offsets and ttc_horizons must not be empty")
+        for name in ("score_steps", "check_every", "dac_every", "max_agents"):
+            if getattr(p, name) < 1:
+                raise AvError(f"pdm_closed: proposals.{name} must be >= 1, got {getattr(p, name)}")
+        if self.horizon_steps < 1 or not self.step > 0:
+            raise AvError(f"pdm_closed: horizon_steps must be >= 1 and step > 0, got {self.horizon_steps}, {self.step}")
+        return self
+
+
 class PDMClosedPlanner:
     """PDM-Closed-style planner over a batch (car-visible inputs only); see the module doc.
 
@@ -96,17 +127,12 @@ class PDMClosedPlanner:
     name = "pdm_closed"
     privileged = False
 
-    def __init__(
-        self,
-        params: IDMParams = IDMParams(max_jerk=3.0),
-        config: PDMConfig = PDMConfig(),
-        horizon_steps: int = 80,
-        step: float = 0.1,
-    ) -> None:
-        self.params = params
-        self.config = config
-        self.horizon_steps = horizon_steps
-        self.step = step
+    def __init__(self, settings: PDMSettings = PDMSettings()) -> None:
+        self.settings = settings.validate()
+        self.params = settings.idm
+        self.config = settings.proposals
+        self.horizon_steps = settings.horizon_steps
+        self.step = settings.step
 
     def plan(self, observation: Observation, privileged: Privileged | None = None) -> Trajectory:
         """``B`` observations -> :class:`Trajectory` ``[B, horizon_steps, 3]`` (ego frame)."""
@@ -115,8 +141,9 @@ class PDMClosedPlanner:
         idx = best[:, None, None, None].expand(-1, 1, *poses.shape[2:])
         return Trajectory(poses=poses.gather(1, idx)[:, 0], dt=self.step)
 
-    def proposals(self, obs: Observation) -> tuple[Tensor, ProposalScores]:
-        """All proposals ``[B, K, horizon_steps, 3]`` (ego frame) and their scores ``[B, K]``."""
+    def proposals(self, obs: Observation, score: bool = True) -> tuple[Tensor, ProposalScores | None]:
+        """All proposals ``[B, K, horizon_steps, 3]`` (ego frame) and their scores ``[B, K]``
+        (``None`` with ``score=False``: the teacher's search scores them itself)."""
         cfg, dev = self.config, obs.ego_dims.device
         B = obs.batch_size
         fr = torch.tensor(cfg.speed_fractions, device=dev)
@@ -131,7 +158,7 @@ class PDMClosedPlanner:
         limit = lane_speed_limit(obs)
         offset = offsets[None].expand(B, K)
         steps = max(self.horizon_steps, cfg.score_steps)
-        s, v, d, slope = idm_rollout(
+        s, _, d, slope = idm_rollout(
             path,
             agents,
             speed=speed,
@@ -139,31 +166,32 @@ class PDMClosedPlanner:
             target_speed=limit[:, None] * fractions[None],
             offset=offset,
             corridor=0.5 * dims[:, 1] + cfg.corridor_margin,
-            ego_front=dims[:, 3] + 0.5 * dims[:, 0],
+            ego_front=front_overhang(dims),
             params=self.params,
             steps=steps,
             dt=self.step,
         )
         # One more proposal: an emergency stop along the centreline, at the hard braking limit.
-        s_stop, v_stop = _emergency_stop(path, speed, self.params.max_decel, steps, self.step)
+        s_stop = _emergency_stop(path, speed, self.params.max_decel, steps, self.step)
         zero = torch.zeros(B, 1, device=dev, dtype=speed.dtype)
         d_stop, slope_stop = lateral_profile(path, s_stop, zero, blend_length(speed)[:, None])
-        s, v = torch.cat([s, s_stop], 1), torch.cat([v, v_stop], 1)
+        s = torch.cat([s, s_stop], 1)
         d, slope = torch.cat([d, d_stop], 1), torch.cat([slope, slope_stop], 1)
         offset = torch.cat([offset, zero], 1)
         poses = path_poses(path, s, d, slope)
-        sim = simulate_proposals(path, s, v, offset, speed, dims[:, 2], self.params, cfg.score_steps, self.step)
+        if not score:
+            return poses[:, :, : self.horizon_steps], None
+        sim = simulate_proposals(obs, poses[:, :, : cfg.score_steps], self.step)
         scores = score_proposals(obs, path, agents, sim, s[..., : cfg.score_steps], offset, cfg, self.step)
         return poses[:, :, : self.horizon_steps], scores
 
 
-def _emergency_stop(path: RoutePath, speed: Tensor, brake: float, steps: int, dt: float) -> tuple[Tensor, Tensor]:
-    """Arc length and speed ``[B, 1, steps]`` braking at ``brake`` m/s^2 from ``speed`` ``[B]``."""
+def _emergency_stop(path: RoutePath, speed: Tensor, brake: float, steps: int, dt: float) -> Tensor:
+    """Arc length ``[B, 1, steps]`` (m) braking at ``brake`` m/s^2 from ``speed`` ``[B]``."""
     t = dt * torch.arange(1, steps + 1, device=speed.device, dtype=speed.dtype)
     tb = torch.minimum(t[None], (speed / brake)[:, None])  # time spent braking
     s = path.ego_s[:, None] + speed[:, None] * tb - 0.5 * brake * tb * tb
-    v = (speed[:, None] - brake * t[None]).clamp_min(0.0)
-    return s[:, None], v[:, None]
+    return s[:, None]
 
 
 def select(scores: ProposalScores, tol: float = 1e-6) -> Tensor:
@@ -177,73 +205,56 @@ def select(scores: ProposalScores, tol: float = 1e-6) -> Tensor:
     return torch.where(best, scores.offset.abs(), torch.full_like(scores.offset, float("inf"))).argmin(1)
 
 
-def _nearest_agents(agents: AgentsOnPath, horizon: float, m: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The ``m`` agents that can come nearest to the ego within ``horizon`` s.
+@dataclass(frozen=True)
+class AgentPrediction:
+    """Predicted agent box-centre states ``state`` ``[B, N, F, 5]`` (x, y, yaw, vx, vy, ego
+    frame at plan time) at times ``dt, 2 dt, ..., F dt`` after now, same agent order as the
+    observation; ``valid`` bool ``[B, N, F]``. (H2b: the teacher passes logged futures.)"""
 
-    Returns states ``[B, M, 5]`` (ego frame), sizes-free validity ``[B, M]`` and the gather
-    index ``[B, M]`` into the observation's agents.
-    """
+    state: Tensor
+    valid: Tensor
+
+
+def constant_velocity(state: Tensor, valid: Tensor, steps: int, dt: float) -> AgentPrediction:
+    """Current agent states ``[B, N, 5]`` (validity ``[B, N]``) moved on at constant velocity for
+    ``steps`` x ``dt`` s."""
+    t = dt * torch.arange(1, steps + 1, device=state.device, dtype=state.dtype)
+    st = state[:, :, None].expand(-1, -1, steps, -1)
+    xy = st[..., :2] + t[None, None, :, None] * st[..., 3:5]
+    return AgentPrediction(torch.cat([xy, st[..., 2:]], -1), valid[:, :, None].expand(-1, -1, steps))
+
+
+def _nearest_agents(agents: AgentsOnPath, future: AgentPrediction, m: int) -> tuple[Tensor, Tensor]:
+    """The ``m`` agents that can come nearest to the ego over the prediction ``future``: the
+    gather index ``[B, M]`` into the observation's agents and their validity now ``[B, M]``.
+    Nearness is bounded below by the current distance less the largest predicted displacement."""
     st = agents.state
-    reach = st[..., :2].norm(dim=-1) - st[..., 3:5].norm(dim=-1) * horizon
+    moved = torch.where(future.valid, (future.state[..., :2] - st[:, :, None, :2]).norm(dim=-1), 0.0).amax(-1)
+    reach = st[..., :2].norm(dim=-1) - moved
     reach = torch.where(agents.valid, reach, torch.full_like(reach, float("inf")))
     m = min(m, reach.shape[1])
     idx = reach.topk(m, dim=1, largest=False).indices.sort(dim=1).values
-    return st.gather(1, idx[..., None].expand(-1, -1, 5)), agents.valid.gather(1, idx), idx
+    return idx, agents.valid.gather(1, idx)
 
 
 def _overlap(
     ca: Tensor, ya: Tensor, la: Tensor, wa: Tensor, cb: Tensor, yb: Tensor, lb: Tensor, wb: Tensor
 ) -> Tensor:
     """Oriented-box overlap of broadcastable boxes a and b (centres ``[..., 2]``, yaw, length and
-    width ``[...]``) -> bool ``[...]``. A bounding-circle test first, so that the exact
-    separating-axis test runs only on the few pairs that are close."""
+    width ``[...]``) -> bool ``[...]``: :func:`av.checks.box_overlap` on the few pairs that pass
+    the bounding-circle test :func:`av.checks.may_overlap`."""
     shape = torch.broadcast_shapes(ca.shape[:-1], ya.shape, la.shape, cb.shape[:-1], yb.shape, lb.shape)
-    ra = 0.5 * torch.sqrt(la * la + wa * wa)
-    rb = 0.5 * torch.sqrt(lb * lb + wb * wb)
-    near = ((ca - cb).norm(dim=-1) <= ra + rb).expand(shape).reshape(-1)
-    sel = near.nonzero().squeeze(1)
-    out = torch.zeros(near.shape, dtype=torch.bool, device=near.device)
+
+    def box(c: Tensor, y: Tensor, length: Tensor, width: Tensor) -> Tensor:
+        parts = [c[..., 0], c[..., 1], y, length, width]
+        return torch.stack([x.expand(shape) for x in parts], -1).reshape(-1, 5)
+
+    a, b = box(ca, ya, la, wa), box(cb, yb, lb, wb)
+    sel = may_overlap(a, b).nonzero().squeeze(1)
+    out = torch.zeros(a.shape[0], dtype=torch.bool, device=a.device)
     if sel.numel():
-
-        def pick(x: Tensor, point: bool = False) -> Tensor:
-            full = x.expand(*shape, 2) if point else x.expand(shape)
-            return full.reshape(-1, 2)[sel] if point else full.reshape(-1)[sel]
-
-        a = box_corners(pick(ca, True), pick(ya), pick(la), pick(wa))
-        b = box_corners(pick(cb, True), pick(yb), pick(lb), pick(wb))
-        out[sel] = boxes_overlap(a, b)
+        out[sel] = box_overlap(a[sel], b[sel])
     return out.reshape(shape)
-
-
-def known_radius(obs: Observation) -> Tensor:
-    """Radius ``[B]`` (m) around the ego within which the observation holds every drivable-area
-    edge. Observations carry the edges with the nearest midpoints; when every slot is used,
-    farther ones are missing, so only segments inside the farthest carried midpoint distance,
-    less the longest carried half edge, are checked (edges are assumed no longer than those)."""
-    edges, valid = obs.drivable_edges, obs.drivable_edge_valid
-    if edges.shape[1] == 0:
-        return torch.full(valid.shape[:1], float("inf"), device=edges.device)
-    mid = 0.5 * (edges[..., :2] + edges[..., 2:])
-    half = 0.5 * (edges[..., 2:] - edges[..., :2]).norm(dim=-1)
-    zero = torch.zeros_like(half)
-    radius = torch.where(valid, mid.norm(dim=-1), zero).amax(-1) - torch.where(valid, half, zero).amax(-1)
-    return torch.where(valid.all(-1), radius.clamp_min(0.0), torch.full_like(radius, float("inf")))
-
-
-def _crosses(p: Tensor, q: Tensor, edges: Tensor, valid: Tensor) -> Tensor:
-    """Number of edges ``[B, E, 4]`` crossed by segments ``p -> q`` ``[B, ...M, 2]``: ``[B, ...M]``."""
-    B = p.shape[0]
-    shape = p.shape[:-1]
-    p = p.reshape(B, -1, 1, 2)
-    q = q.reshape(B, -1, 1, 2)
-    e0, e1 = edges[:, None, :, :2], edges[:, None, :, 2:]
-
-    def cross(a: Tensor, b: Tensor) -> Tensor:
-        return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
-
-    pq, ee = q - p, e1 - e0
-    hit = (cross(pq, e0 - p) * cross(pq, e1 - p) < 0) & (cross(ee, p - e0) * cross(ee, q - e0) < 0)
-    return (hit & valid[:, None]).sum(-1).reshape(shape)
 
 
 def _edges_near(path: RoutePath, s_max: Tensor, edges: Tensor, valid: Tensor, radius: float) -> tuple[Tensor, Tensor]:
@@ -271,16 +282,22 @@ def score_proposals(
     offset: Tensor,
     cfg: PDMConfig,
     dt: float,
+    future: AgentPrediction | None = None,
+    reference: Tensor | None = None,
 ) -> ProposalScores:
     """Score simulated proposals (``sim`` over ``S`` steps, ``s`` ``[B, K, S]`` their arc lengths,
-    ``offset`` ``[B, K]`` their lateral offsets, m)."""
+    ``offset`` ``[B, K]`` their lateral offsets, m).
+
+    ``future``: how the agents move (default: :func:`constant_velocity`), at least ``S`` steps
+    plus the longest TTC horizon. ``reference`` bool ``[K]``: the proposals whose best safe
+    progress scores 1 (default: all; a fixed subset makes each score independent of the others)."""
     S = sim.speed.shape[-1]
     dtype = obs.ego_dims.dtype
     times = dt * torch.arange(1, S + 1, device=s.device, dtype=dtype)
     horizon = float(times[-1])
     ck = torch.arange(cfg.check_every - 1, S, cfg.check_every, device=s.device)
     dk = torch.arange(cfg.dac_every - 1, S, cfg.dac_every, device=s.device)
-    collided, ttc_bad = _agent_checks(obs, agents, sim, ck, times, cfg)  # [B, K, C]
+    collided, ttc_bad = _agent_checks(obs, agents, sim, ck, times, cfg, future)  # [B, K, C]
     off_road = _off_road(obs, path, sim, s, dk)  # [B, K, D]
     no_collision, drivable = ~collided.any(-1), ~off_road.any(-1)
     ttc = (~ttc_bad.any(-1)).to(dtype)
@@ -293,7 +310,8 @@ def score_proposals(
     # Progress along the route, relative to the best safe proposal.
     progress_m = s[..., -1] - path.ego_s[:, None]
     safe = no_collision & drivable
-    best = torch.where(safe, progress_m, torch.zeros_like(progress_m)).amax(1, keepdim=True)
+    counts = safe if reference is None else safe & reference
+    best = torch.where(counts, progress_m, torch.zeros_like(progress_m)).amax(1, keepdim=True)
     progress = torch.where(
         best > cfg.min_progress, (progress_m / best.clamp_min(1e-6)).clamp(0.0, 1.0), torch.ones_like(progress_m)
     )
@@ -318,10 +336,12 @@ def score_proposals(
 
 
 def _agent_checks(
-    obs: Observation, agents: AgentsOnPath, sim: Simulated, ck: Tensor, times: Tensor, cfg: PDMConfig
+    obs: Observation, agents: AgentsOnPath, sim: Simulated, ck: Tensor, times: Tensor, cfg: PDMConfig,
+    future: AgentPrediction | None = None,
 ) -> tuple[Tensor, Tensor]:
     """At-fault collisions and TTC violations ``[B, K, C]`` at the checked steps ``ck`` ``[C]``
-    (``times`` ``[S]`` s), against the agents extrapolated at constant velocity.
+    (``times`` ``[S]`` s, ``dt`` apart), against the agents as ``future`` predicts them
+    (default: extrapolated at constant velocity).
 
     At fault: the ego is moving and the agent's centre is ahead of the ego's (rear-end hits
     on the ego do not count); agents already touching the ego now are ignored. TTC: the ego,
@@ -329,57 +349,62 @@ def _agent_checks(
     """
     dims = obs.ego_dims
     length, width, rtc = dims[:, 0], dims[:, 1], dims[:, 3]
-    horizon = float(times[-1])
-    ast, avalid, idx = _nearest_agents(agents, horizon + max(cfg.ttc_horizons), cfg.max_agents)
+    dt = float(times[0])
+    ttc_steps = [int(round(h / dt)) for h in cfg.ttc_horizons]
+    if future is None:
+        future = constant_velocity(agents.state, agents.valid, times.shape[0] + max(ttc_steps), dt)
+    idx, avalid = _nearest_agents(agents, future, cfg.max_agents)
+    F = future.state.shape[2]
+    fut = future.state.gather(1, idx[..., None, None].expand(-1, -1, F, 5))  # [B, M, F, 5]
+    fvalid = future.valid.gather(1, idx[..., None].expand(-1, -1, F))
+    ast = agents.state.gather(1, idx[..., None].expand(-1, -1, 5))  # now [B, M, 5]
     asize = obs.agent_sizes.gather(1, idx[..., None].expand(-1, -1, 2))  # [B, M, 2]
     pose = sim.pose[:, :, ck]  # [B, K, C, 3]
     vel = sim.speed[:, :, ck]
     heading = torch.stack([torch.cos(pose[..., 2]), torch.sin(pose[..., 2])], -1)
-    centre = pose[..., :2] + rtc[:, None, None, None] * heading
+    centre = box_centre(pose, rtc[:, None, None])
     ego_lw = (length[:, None, None, None], width[:, None, None, None])
     ag_lw = (asize[:, None, None, :, 0], asize[:, None, None, :, 1])
-    ag_yaw = ast[:, None, None, :, 2]
 
-    def agents_at(t: Tensor) -> Tensor:  # t [C] s -> centres [B, 1, C, M, 2]
-        return (ast[:, None, :, :2] + t[None, :, None, None] * ast[:, None, :, 3:5])[:, None]
+    def agents_at(step: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Centres ``[B, 1, C, M, 2]``, yaw and validity ``[B, 1, C, M]`` at steps ``[C]`` (1 = dt)."""
+        k = (step - 1).clamp(0, F - 1)
+        st = fut[:, :, k].transpose(1, 2)[:, None]  # [B, 1, C, M, 5]
+        ok = (fvalid[:, :, k] & (step <= F)[None, None]).transpose(1, 2)[:, None]
+        return st[..., :2], st[..., 2], ok
 
     now = torch.stack([rtc, torch.zeros_like(rtc)], -1)[:, None]  # [B, 1, 2] ego box centre now
-    zero = torch.zeros(1, device=dims.device, dtype=dims.dtype)
     start_overlap = _overlap(now, torch.zeros_like(now[..., 0]), length[:, None], width[:, None],
-                             agents_at(zero)[:, 0, 0], ast[..., 2], asize[..., 0], asize[..., 1])  # [B, M]
+                             ast[..., :2], ast[..., 2], asize[..., 0], asize[..., 1])  # [B, M]
     live = (avalid & ~start_overlap)[:, None, None]
 
-    def hits(ego_centre: Tensor, t: Tensor) -> Tensor:  # ego box centres [B, K, C, 2] vs agents at t
-        a = agents_at(t)
-        touch = _overlap(ego_centre[..., None, :], pose[..., 2, None], *ego_lw, a, ag_yaw, *ag_lw)
+    def hits(ego_centre: Tensor, step: Tensor) -> Tensor:  # ego box centres [B, K, C, 2] vs agents at step
+        a, yaw, ok = agents_at(step)
+        touch = _overlap(ego_centre[..., None, :], pose[..., 2, None], *ego_lw, a, yaw, *ag_lw)
         ahead = ((a - ego_centre[..., None, :]) * heading[..., None, :]).sum(-1) > 0
-        return touch & ahead & live
+        return touch & ahead & live & ok
 
-    collided = (hits(centre, times[ck]) & (vel > 0.05)[..., None]).any(-1)
+    collided = (hits(centre, ck + 1) & (vel > EGO_STOPPED)[..., None]).any(-1)
     ttc_bad = torch.zeros_like(collided)
-    for h in cfg.ttc_horizons:
+    for h, n in zip(cfg.ttc_horizons, ttc_steps):
         ahead = centre + (vel * h)[..., None] * heading
-        ttc_bad = ttc_bad | (hits(ahead, times[ck] + h) & (vel > 0.1)[..., None]).any(-1)
+        ttc_bad = ttc_bad | (hits(ahead, ck + 1 + n) & (vel > EGO_STOPPED_TTC)[..., None]).any(-1)
     return collided, ttc_bad
 
 
 def _off_road(obs: Observation, path: RoutePath, sim: Simulated, s: Tensor, dk: Tensor) -> Tensor:
     """Off the drivable area ``[B, K, D]`` at the checked steps ``dk`` ``[D]``: a corner of the
     ego box lies across an odd number of boundary edges from the route centreline point at the
-    same arc length (the route is drivable). Only segments the observation fully covers count
-    (see :func:`known_radius`)."""
+    same arc length (the route is drivable), :func:`av.checks.leaves_drivable_area`."""
     dims = obs.ego_dims
     pose = sim.pose[:, :, dk]
-    heading = torch.stack([torch.cos(pose[..., 2]), torch.sin(pose[..., 2])], -1)
-    corners = box_corners(pose[..., :2] + dims[:, 3, None, None, None] * heading, pose[..., 2],
+    corners = box_corners(box_centre(pose, dims[:, 3, None, None]), pose[..., 2],
                           dims[:, 0, None, None], dims[:, 1, None, None])  # [B, K, D, 4, 2]
     base, _ = path.sample(s[:, :, dk])  # [B, K, D, 2]
     reach = float((corners - base[..., None, :]).norm(dim=-1).amax()) + 1.0
     edges, edge_valid = _edges_near(path, s[:, :, dk].amax((1, 2)), obs.drivable_edges, obs.drivable_edge_valid, reach)
-    n = _crosses(base[..., None, :].expand_as(corners), corners, edges, edge_valid)
-    known = known_radius(obs)[:, None, None, None]
-    seen = (corners.norm(dim=-1) < known) & (base.norm(dim=-1)[..., None] < known)
-    return ((n % 2 == 1) & seen).any(-1)
+    complete = complete_radius(obs.drivable_edges, obs.drivable_edge_valid)
+    return leaves_drivable_area(corners, base, edges, edge_valid, complete)
 
 
 def _comfortable(sim: Simulated, dt: float) -> Tensor:
@@ -392,6 +417,5 @@ def _comfortable(sim: Simulated, dt: float) -> Tensor:
               "yaw_accel": yaw_acc}
     ok = torch.ones(sim.accel.shape[:2], dtype=torch.bool, device=sim.accel.device)
     for name, x in series.items():  # the evaluator's comfort bounds (nuPlan's)
-        lo, hi = COMFORT_BOUNDS[name]
-        ok &= (x.amax(-1) <= hi) & (x.amin(-1) >= lo)
+        ok &= within_comfort_bounds(x[..., None, :], (name,)).all(-1).all(-1)
     return ok
