@@ -3,8 +3,9 @@
 ``write_report(run_dir)`` reads ``RUN_DIR/summary.json`` (written by
 :mod:`closedloop.runner`) and writes ``RUN_DIR/report.html`` with
 
-* a score table: one row per planner x agent mode (scenario count, CLS and PDMS with their 95 %
-  confidence intervals, every sub-metric mean);
+* a score table: one row per planner x agent mode (scenario count, the planner's parameter
+  count and batch-1 planning latency, CLS and PDMS with their 95 % confidence intervals, every
+  sub-metric mean);
 * one bar chart per score (``RUN_DIR/figures/<metric>.png``, matplotlib Agg), with the CIs as
   error bars;
 * the bird's-eye-view GIFs of each planner's worst scenarios (rendered by the runner into
@@ -33,7 +34,7 @@ from closedloop.evaluator import NUPLAN_NAMES, PDMS_NAMES
 REPORT = "report.html"
 FIGURES = "figures"
 #: Summary keys that describe a row rather than a metric.
-ROW_KEYS = ("planner", "agents", "scenarios", "store", "plan_every", "worst")
+ROW_KEYS = ("planner", "agents", "scenarios", "store", "plan_every", "worst", "params", "latency_ms")
 _HEADLINE = ("cls", "pdms")
 #: Metrics shown in the score table and charted; the evaluator's other fields (counts, times,
 #: bit masks) go to the details table.
@@ -109,12 +110,15 @@ def _bar_chart(metric: str, rows: list[dict[str, Any]], out: Path) -> None:
     atomic_write_bytes(out, buf.getvalue())
 
 
-def _score_table(rows: list[dict[str, Any]], metrics: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(m)}</th>" for m in ["planner", "agents", "scenarios", *metrics])
+def _score_table(rows: list[dict[str, Any]], metrics: list[str], with_cost: bool = False) -> str:
+    """One row per planner x agent mode; ``with_cost``: also parameter count and latency (ms)."""
+    cost = [k for k in ("params", "latency_ms") if with_cost and any(r.get(k) is not None for r in rows)]
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in ["planner", "agents", "scenarios", *cost, *metrics])
     body = []
     for r in rows:
         cells = [f'<td class="key">{html.escape(str(r["planner"]))}</td>',
                  f'<td class="key">{html.escape(str(r["agents"]))}</td>', f"<td>{r['scenarios']}</td>"]
+        cells += [f"<td>{_fmt(r.get(k))}</td>" for k in cost]
         for m in metrics:
             ci = r.get(f"{m}_ci95")
             ci_txt = f'<br><span class="ci">[{_fmt(ci[0])}, {_fmt(ci[1])}]</span>' if ci else ""
@@ -163,7 +167,7 @@ def write_report(run_dir: str | Path) -> Path:
         f"<h1>Closed-loop evaluation</h1><p>{html.escape(str(run_dir.resolve().name))}: "
         f"{len(rows)} planner x agent-mode runs. CLS: nuPlan closed-loop score; PDMS: NAVSIM PDM score; "
         "brackets: 95 % bootstrap confidence interval of the mean over scenarios.</p>"
-        f"<h2>Scores</h2>{_score_table(rows, scores)}"
+        f"<h2>Scores</h2>{_score_table(rows, scores, with_cost=True)}"
         f"<h2>Metrics</h2><div class=\"charts\">{''.join(charts)}</div>"
         f"<h2>Worst scenarios</h2>{_worst_section(rows, run_dir)}"
         f"<h2>Details</h2><p>Means over scenarios of the evaluator's other fields.</p>{_score_table(rows, details)}"

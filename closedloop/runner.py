@@ -9,12 +9,18 @@ merges the rows into the run directory:
   metadata. Rows of the same planner and agent mode are replaced, others kept.
 * ``RUN_DIR/summary.json``: one row per planner x agent mode with the scenario count, the mean
   of every metric and its 95 % bootstrap confidence interval (fixed seed), and the worst
-  scenarios (lowest CLS) with the reasons they lost points and their GIF under ``media/``.
+  scenarios (lowest CLS) with the reasons they lost points and their GIF under ``media/``;
+  the planner's cost: ``params`` (learned planners) and ``latency_ms`` (:func:`planner_cost`).
 * ``RUN_DIR/report.html`` (see :mod:`closedloop.report`), regenerated after every run.
 
 Each file is written atomically, and each planner x agent mode is committed as soon as it is
-done, so an interrupted multi-planner run keeps its finished results (``resume`` skips them).
-Runs are deterministic: the same store and settings give identical tables.
+done. A planner x agent mode is keyed by what it is made from (:func:`run_inputs`: the store's
+content digest, the planner and its settings, the simulator and its settings, batch size,
+device, package and schema version); its summary row records those inputs and their ``key``.
+With ``resume`` a finished group with the same key is kept, any other is redone, and an
+interrupted group continues from its last finished batch: every batch's rows are written
+atomically under ``RUN_DIR/partial/<planner>--<agents>--<key>/`` and merged at the end.
+Runs are deterministic: the same store and settings give identical tables, resumed or not.
 """
 
 from __future__ import annotations
@@ -23,22 +29,27 @@ import io
 import json
 import math
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from av import __version__
 from av.batch import collate
 from av.errors import AvError
 from av.fileio import atomic_write_bytes, atomic_write_json
+from av.keys import digest, path_digests, tree_digest
+from av.settings import settings_dict
 from av.types import Scenario
 from closedloop.evaluator import evaluate, reasons
-from closedloop.planner import Planner, make_planner
+from closedloop.planner import Planner, make_planner, planner_settings
 from closedloop.rollout import Rollout
+from closedloop.driver import rollout as drive
 from closedloop.sim import SimConfig, make_simulator
 from scenarios.store import iter_store, store_count
 
@@ -46,9 +57,13 @@ SCHEMA_VERSION = 1
 RESULTS = "results.parquet"
 SUMMARY = "summary.json"
 MEDIA = "media"
+PARTIAL = "partial"
 KEYS = ("scenario_id", "planner", "agents")
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0
+#: What a planning call costs, in each summary row: parameter count, median batch-1 CPU latency.
+COST_KEYS = ("params", "latency_ms")
+LATENCY_CALLS = 20
 
 
 @dataclass(frozen=True)
@@ -56,22 +71,28 @@ class EvalConfig:
     """One evaluation: ``planner`` with ``agents`` background agents on every scenario of ``store``."""
 
     store: Path = field(metadata={"help": "scenario store directory"})
-    planner: str = field(metadata={"help": "registered planner name"})
+    planner: str = field(metadata={"help": "registered planner name or package.module:factory"})
     out: Path = field(metadata={"help": "run directory (results, summary, report)"})
     agents: Literal["log", "idm"] = field(
         default="log", metadata={"help": "background agents: log replay (non-reactive) or IDM (reactive)"})
+    planner_settings: Mapping[str, Any] = field(
+        default_factory=dict, metadata={"help": "planner settings (keys and values as for make_planner)"})
+    sim: str = field(default="builtin", metadata={"help": "simulator backend (registered name)"})
     batch_size: int = field(default=64, metadata={"help": "scenarios simulated together"})
     plan_every: int = field(default=1, metadata={"help": "call the planner every k steps (10 Hz steps)"})
     worst: int = field(default=3, metadata={"help": "worst scenarios (lowest CLS) rendered per planner"})
     device: str = field(default="cpu", metadata={"help": "torch device for simulation and planning"})
     threads: int = field(default=0, metadata={
         "help": "torch CPU threads during the run (0: torch's default; 1 is fastest for small batches)"})
-    resume: bool = field(default=False, metadata={"help": "skip planner x agent modes already in the run"})
+    resume: bool = field(default=False, metadata={
+        "help": "keep planner x agent modes already in the run with the same inputs; continue an interrupted one"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     report: bool = field(default=True, metadata={"help": "regenerate report.html after the run"})
 
     def validate(self) -> "EvalConfig":
         """Raise :class:`AvError` naming the first bad option; return ``self``."""
+        if self.sim == "carla":
+            raise AvError("--sim carla: CARLA runs one scenario at a time; use `av carla run`")
         if self.threads < 0:
             raise AvError(f"--threads must be >= 0, got {self.threads}")
         for name in ("batch_size", "plan_every"):
@@ -173,14 +194,75 @@ def _rank_key(w: _Worst) -> tuple[float, str]:
     return (cls if math.isfinite(cls) else -1.0, w.scenario.id)
 
 
-def evaluate_planner(config: EvalConfig, planner: Planner) -> tuple[ResultTable, list[_Worst]]:
-    """Simulate and score every scenario of ``config.store`` with ``planner`` (no files written).
+@dataclass
+class _Part:
+    """The results of one batch: its rows and its ``worst`` candidates (lowest CLS first)."""
+
+    rows: list[dict[str, Any]]
+    worst: list[_Worst]
+
+
+def _simulator(config: EvalConfig) -> tuple[str, SimConfig]:
+    """The simulator backend and its settings for ``config``."""
+    return config.sim, SimConfig(agents=config.agents)
+
+
+def _score_batch(sim: Any, chunk: list[Scenario], planner: Planner, config: EvalConfig) -> _Part:
+    batch = collate(chunk).to(config.device)
+    with torch.no_grad():
+        rollout = drive(sim, batch, planner, plan_every=config.plan_every, record_plans=config.worst > 0)
+        scores = {m: v.detach().double().cpu().numpy() for m, v in evaluate(rollout).items()}
+    why = reasons({m: torch.from_numpy(v) for m, v in scores.items()}) if config.worst > 0 else []
+    rows, worst = [], []
+    for i, s in enumerate(chunk):
+        row = {"scenario_id": s.id, "planner": planner.name, "agents": config.agents}
+        row.update({m: float(v[i]) for m, v in scores.items()})
+        rows.append(row)
+        lost = [x for x in why[i].split("; ") if x] if config.worst > 0 else []
+        if lost:  # scenarios that lost no points are never "worst"
+            worst.append(_Worst(s, {m: row[m] for m in scores}, lost, *_slice(rollout, i, s)))
+    return _Part(rows, sorted(worst, key=_rank_key)[: config.worst])
+
+
+def _save_part(path: Path, part: _Part) -> None:
+    def tensor(a: np.ndarray | None) -> torch.Tensor | None:
+        return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+
+    worst = [{"scenario_id": w.scenario.id, "scores": w.scores, "reasons": w.reasons, "ego": tensor(w.ego),
+              "agents": tensor(w.agents), "agent_valid": tensor(w.agent_valid), "planned": tensor(w.planned)}
+             for w in part.worst]
+    buf = io.BytesIO()
+    torch.save({"rows": part.rows, "worst": worst}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_part(path: Path, chunk: list[Scenario]) -> _Part | None:
+    """The batch saved at ``path`` (``None`` if it is unreadable or not of these scenarios)."""
+    def array(t: torch.Tensor | None) -> np.ndarray | None:
+        return None if t is None else t.numpy()
+
+    by_id = {s.id: s for s in chunk}
+    try:
+        raw = torch.load(path, weights_only=True)
+        if [r["scenario_id"] for r in raw["rows"]] != list(by_id):
+            return None
+        worst = [_Worst(by_id[w["scenario_id"]], w["scores"], w["reasons"], array(w["ego"]),
+                        array(w["agents"]), array(w["agent_valid"]), array(w["planned"])) for w in raw["worst"]]
+    except Exception:  # a damaged partial file is recomputed, never trusted
+        return None
+    return _Part(raw["rows"], worst)
+
+
+def evaluate_planner(config: EvalConfig, planner: Planner, partial: Path | None = None
+                     ) -> tuple[ResultTable, list[_Worst]]:
+    """Simulate and score every scenario of ``config.store`` with ``planner``.
 
     Returns the rows (sorted by scenario id) and the ``config.worst`` lowest-CLS scenarios among
-    those that lost points.
+    those that lost points. With a ``partial`` directory each batch's results are saved there as
+    ``batch-NNNNN.pt`` when done, and batches already saved there are loaded, not simulated.
     """
-    sim = make_simulator("builtin", SimConfig(agents=config.agents, plan_every=config.plan_every,
-                                              record_plans=config.worst > 0))
+    name, sim_config = _simulator(config)
+    sim = make_simulator(name, **settings_dict(sim_config))
     total = store_count(config.store)
     rows: list[dict[str, Any]] = []
     worst: list[_Worst] = []
@@ -193,19 +275,14 @@ def evaluate_planner(config: EvalConfig, planner: Planner) -> tuple[ResultTable,
         task = bar.add_task(f"{planner.name} / {config.agents}", total=total)
         for k, chunk in enumerate(_batches(config.store, config.batch_size)):
             bar.update(task, description=f"{planner.name} / {config.agents} batch {k + 1}")
-            batch = collate(chunk).to(config.device)
-            with torch.no_grad():
-                rollout = sim.run(batch, planner)
-                scores = {m: v.detach().double().cpu().numpy() for m, v in evaluate(rollout).items()}
-            why = reasons({m: torch.from_numpy(v) for m, v in scores.items()}) if config.worst > 0 else []
-            for i, s in enumerate(chunk):
-                row = {"scenario_id": s.id, "planner": planner.name, "agents": config.agents}
-                row.update({m: float(v[i]) for m, v in scores.items()})
-                rows.append(row)
-                lost = [x for x in why[i].split("; ") if x] if config.worst > 0 else []
-                if lost:  # scenarios that lost no points are never "worst"
-                    cand = _Worst(s, {m: row[m] for m in scores}, lost, *_slice(rollout, i, s))
-                    worst = sorted([*worst, cand], key=_rank_key)[: config.worst]
+            saved = None if partial is None else partial / f"batch-{k:05d}.pt"
+            part = _load_part(saved, chunk) if saved is not None and saved.is_file() else None
+            if part is None:
+                part = _score_batch(sim, chunk, planner, config)
+                if saved is not None:
+                    _save_part(saved, part)
+            rows += part.rows
+            worst = sorted([*worst, *part.worst], key=_rank_key)[: config.worst]
             bar.advance(task, len(chunk))
     if not rows:
         raise AvError(f"{config.store}: the store holds no scenarios")
@@ -288,8 +365,8 @@ def mean_ci95(values: np.ndarray) -> tuple[float, list[float | None]]:
 def summarize(table: ResultTable, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``summary.json`` value of ``table``: one row per planner x agent mode.
 
-    Row fields ``worst``, ``store`` and ``plan_every`` are carried over from ``previous``
-    (the last summary) for the groups they describe.
+    Row fields ``worst``, ``store``, ``plan_every``, ``key`` and ``inputs`` are carried over from
+    ``previous`` (the last summary) for the groups they describe.
     """
     carried = {(r["planner"], r["agents"]): r for r in (previous or {}).get("rows", [])}
     groups = sorted({(r["planner"], r["agents"]) for r in table.table.select(["planner", "agents"]).to_pylist()})
@@ -303,7 +380,7 @@ def summarize(table: ResultTable, previous: dict[str, Any] | None = None) -> dic
         row.update({m: _finite(mean) for m, (mean, _) in stats.items()})
         row.update({f"{m}_ci95": ci for m, (_, ci) in stats.items()})
         old = carried.get((planner, agents), {})
-        row.update({k: old[k] for k in ("store", "plan_every", "worst") if k in old})
+        row.update({k: old[k] for k in ("store", "plan_every", "worst", "key", "inputs", *COST_KEYS) if k in old})
         rows.append(row)
     return {"schema_version": SCHEMA_VERSION, "rows": rows}
 
@@ -349,39 +426,122 @@ def _render_worst(run_dir: Path, planner: str, agents: str, worst: list[_Worst])
     return out
 
 
+def run_inputs(config: EvalConfig) -> dict[str, Any]:
+    """What the results of ``config`` are made from (JSON values; their :func:`~av.keys.digest` is
+    the group's key): the store's content digest, planner settings and the content digests of
+    the files they name (checkpoints, models), simulator settings, batch size, device, package
+    and schema version. Raises :class:`AvError` for bad planner settings."""
+    sim_name, sim_config = _simulator(config)
+    settings = planner_settings(config.planner, **config.planner_settings)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "av_version": __version__,
+        "store_digest": tree_digest(config.store),
+        "planner": config.planner,
+        "planner_settings": settings_dict(settings),
+        "planner_files": path_digests(settings),
+        "simulator": {"name": sim_name, "settings": settings_dict(sim_config)},
+        "plan_every": config.plan_every,
+        "batch_size": config.batch_size,
+        "device": config.device,
+        "worst": config.worst,
+    }
+
+
+def _partial_dirs(run_dir: Path, planner: str, agents: str) -> list[Path]:
+    return sorted((run_dir / PARTIAL).glob(f"{_safe(planner)}--{_safe(agents)}--*"))
+
+
+def planner_cost(planner: Planner, scenario: Scenario, calls: int = LATENCY_CALLS) -> dict[str, Any]:
+    """``params``: the parameter count of a learned planner's ``network`` (``None`` for rule
+    planners); ``latency_ms``: the median wall time (ms) of one ``plan`` call at batch 1 on the
+    CPU (with the run's threads), on ``scenario``'s first planning state, after two warm-up calls."""
+    import time
+
+    from av.nets import parameter_count
+    from av.observe import ObservationSpec, observe, privileged
+
+    net = getattr(planner, "network", None)
+    batch = collate([scenario])
+    spec = getattr(planner, "observation_spec", None) or ObservationSpec()
+    t = batch.history_steps
+    obs = observe(batch, t, spec)
+    priv = privileged(batch, t, spec) if planner.privileged else None
+    times = []
+    with torch.no_grad():
+        for k in range(calls + 2):
+            start = time.perf_counter()
+            planner.plan(obs, priv)
+            if k >= 2:
+                times.append(time.perf_counter() - start)
+    return {"params": None if net is None else parameter_count(net), "latency_ms": 1e3 * float(np.median(times))}
+
+
+def keep_runs(run_dir: str | Path, keys: set[str]) -> list[tuple[str, str]]:
+    """Drop from ``run_dir`` every planner x agent mode whose key is not in ``keys`` (results,
+    summary rows and their pictures); return the dropped groups. A job that evaluates a fixed
+    set of runs calls it so that no result of other inputs is shown beside them."""
+    run_dir = Path(run_dir)
+    old, summary = read_results(run_dir), read_summary(run_dir)
+    if old is None or summary is None:
+        return []
+    keep = {(r["planner"], r["agents"]) for r in summary["rows"] if r.get("key") in keys}
+    groups = list(zip(old.column("planner").tolist(), old.column("agents").tolist()))
+    dropped = sorted(set(groups) - keep)
+    if not dropped:
+        return []
+    mask = pa.array([g in keep for g in groups])
+    _write_results(run_dir, ResultTable(old.table.filter(mask)))
+    for planner, agents in dropped:
+        _render_worst(run_dir, planner, agents, [])
+    atomic_write_json(run_dir / SUMMARY, {**summary, "rows": [r for r in summary["rows"]
+                                                               if (r["planner"], r["agents"]) in keep]})
+    return dropped
+
+
 def run_eval(config: EvalConfig) -> ResultTable:
     """Evaluate one planner x agent mode and merge it into ``config.out`` (see the module doc).
 
-    Returns the rows of this run. Raises :class:`AvError` for an unknown planner, a missing or
-    empty store, or a run directory written by another schema version.
+    Returns the rows of this run. Raises :class:`AvError` for an unknown planner or bad planner
+    settings, a missing or empty store, or a run directory written by another schema version.
     """
     config.validate()
     store_count(config.store)  # a missing or foreign store fails here, before any work
-    planner = make_planner(config.planner)
+    planner = make_planner(config.planner, **config.planner_settings)
+    inputs = run_inputs(config)
+    key = digest(inputs)
     run_dir = Path(config.out)
     old = read_results(run_dir)
     previous = read_summary(run_dir)
     if config.resume and old is not None and previous is not None:
         done = old.select(planner.name, config.agents)
         meta = next((r for r in previous["rows"] if (r["planner"], r["agents"]) == (planner.name, config.agents)), {})
-        if len(done) and meta.get("store") == str(config.store) and meta.get("plan_every") == config.plan_every:
+        if len(done) and meta.get("key") == key:
             return done
+    partial = run_dir / PARTIAL / f"{_safe(planner.name)}--{_safe(config.agents)}--{key[:16]}"
+    for stale in _partial_dirs(run_dir, planner.name, config.agents):
+        if stale != partial or not config.resume:
+            shutil.rmtree(stale)
+    partial.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     try:
         if config.threads:
             torch.set_num_threads(config.threads)
-        table, worst = evaluate_planner(config, planner)
+        table, worst = evaluate_planner(config, planner, partial)
+        cost = planner_cost(planner, next(iter_store(config.store)))
     finally:
         torch.set_num_threads(threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
     merged = _merge(old, table, planner.name, config.agents)
     summary = summarize(merged, previous)
     rendered = _render_worst(run_dir, planner.name, config.agents, worst) if config.worst > 0 else []
     for row in summary["rows"]:
         if (row["planner"], row["agents"]) == (planner.name, config.agents):
-            row.update(store=str(config.store), plan_every=config.plan_every, worst=rendered)
+            row.update(store=str(config.store), plan_every=config.plan_every, worst=rendered, key=key, inputs=inputs, **cost)
     _write_results(run_dir, merged)
     atomic_write_json(run_dir / SUMMARY, summary)
+    shutil.rmtree(partial)
+    if not any((run_dir / PARTIAL).iterdir()):
+        (run_dir / PARTIAL).rmdir()
     if config.report:
         from closedloop.report import write_report
 

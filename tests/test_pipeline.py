@@ -10,8 +10,8 @@ import pytest
 from av.cli.main import main
 from scenarios.store import read_store
 
-ARGS = ["--drives", "2", "--planners", "log_replay,idm", "--variants-per-scenario", "1",
-        "--adversarial-budget", "4"]
+ARGS = ["--drives", "2", "--planners", "log_replay,idm", "--variants-per-scenario", "1", "--worst", "1",
+        "--adversarial-budget", "4", "--no-learned"]
 
 
 def test_pipeline_runs_every_stage_then_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from av.errors import AvError
 from av.geometry import wrap_angle
 from av.observation import Observation, Privileged, Trajectory
-from closedloop.sim.vehicle import advance_arc
+from av.vehicle import advance_arc
+
+
+@dataclass(frozen=True)
+class LogReplaySettings:
+    """Settings of :class:`LogReplayPlanner`."""
+
+    min_turn_speed: float = field(default=0.1, metadata={
+        "help": "past the end of the log the plan turns at the last yaw rate only above this speed, m/s"})
+
+    def validate(self) -> "LogReplaySettings":
+        if not self.min_turn_speed > 0:
+            raise AvError(f"log_replay: min_turn_speed must be > 0, got {self.min_turn_speed}")
+        return self
 
 
 class LogReplayPlanner:
@@ -20,6 +35,9 @@ class LogReplayPlanner:
 
     name = "log_replay"
     privileged = True
+
+    def __init__(self, settings: LogReplaySettings = LogReplaySettings()) -> None:
+        self.settings = settings.validate()
 
     def plan(self, observation: Observation, privileged: Privileged | None = None) -> Trajectory:
         if privileged is None:
@@ -40,6 +58,7 @@ class LogReplayPlanner:
         speed = anchor[..., 3:5].norm(dim=-1)
         yaw_rate = wrap_angle(anchor[..., 2] - before[..., 2]) / dt
         distance = (steps - last).to(fut.dtype) * dt * speed
-        curvature = yaw_rate / speed.clamp_min(0.1)
-        poses = advance_arc(anchor[..., :3], distance, curvature * (speed > 0.1))
+        turn = self.settings.min_turn_speed
+        curvature = yaw_rate / speed.clamp_min(turn)
+        poses = advance_arc(anchor[..., :3], distance, curvature * (speed > turn))
         return Trajectory(poses=poses, dt=dt)
