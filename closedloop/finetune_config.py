@@ -1,0 +1,66 @@
+"""The settings of closed-loop fine-tuning (:mod:`closedloop.finetune`), apart from it so that the
+command line is built without importing Lightning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from av.errors import AvError
+from closedloop.distributed import RayBackend
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of a closed-loop fine-tuning run (``av closedloop train``)."""
+
+    iterations: int = field(default=3, metadata={"help": "DAgger iterations"})
+    agents: str = field(default="log,idm", metadata={"help": "background agents of the rollouts: log, idm or both"})
+    beta: float = field(default=1.0, metadata={
+        "help": "probability the teacher drives a scenario in iteration 1 (DAgger: 1, the teacher's states first)"})
+    beta_decay: float = field(default=0.5, metadata={"help": "beta is multiplied by this every iteration"})
+    label_stride: int = field(default=10, metadata={"help": "simulated steps (0.1 s) between relabelled states"})
+    plan_every: int = field(default=2, metadata={"help": "planner calls every k steps in the training rollouts"})
+    eval_plan_every: int = field(default=1, metadata={"help": "planner calls every k steps in the evaluations"})
+    shard_size: int = field(default=8, metadata={"help": "scenarios per shard (one Ray task)"})
+    epochs: int = field(default=30, metadata={"help": "fine-tuning epochs per iteration"})
+    batch_size: int = field(default=64, metadata={"help": "states per training step"})
+    lr: float = field(default=1e-3, metadata={"help": "fine-tuning learning rate (AdamW)"})
+    fail_below: float = field(default=0.5, metadata={"help": "a drive with CLS below this (either mode) is a failure"})
+    hardest: int = field(default=4, metadata={"help": "failed drives that get variants, per iteration"})
+    per_failure: int = field(default=2, metadata={"help": "variants mined around each failed drive"})
+    heldout_scenes: str = field(default="", metadata={
+        "help": "scene names held out, comma-separated (default: the last scene name in sorted order)"})
+    teacher_search_steps: int = field(default=40, metadata={"help": "teacher: 0.1 s steps each proposal is simulated"})
+    seed: int = field(default=0, metadata={"help": "seed of everything (per iteration)"})
+    ray: str = field(default="", metadata={
+        "help": "run shards as Ray tasks: 'local' starts a local cluster, or a Ray address; empty: in-process"})
+    ray_cpus: int = field(default=2, metadata={"help": "CPUs of the local Ray cluster"})
+    max_retries: int = field(default=3, metadata={"help": "reruns of a Ray task whose worker died"})
+    progress: bool = field(default=True, metadata={"help": "progress lines and bars"})
+
+    def validate(self) -> "FinetuneConfig":
+        for name in ("iterations", "label_stride", "plan_every", "eval_plan_every", "shard_size", "epochs",
+                     "batch_size"):
+            if getattr(self, name) < 1:
+                raise AvError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.beta <= 1.0 or not 0.0 <= self.beta_decay <= 1.0:
+            raise AvError(f"--beta and --beta-decay must be in [0, 1], got {self.beta}, {self.beta_decay}")
+        if not self.agent_modes() or set(self.agent_modes()) - {"log", "idm"}:
+            raise AvError(f"--agents must be log, idm or log,idm; got {self.agents!r}")
+        if self.hardest < 0 or self.per_failure < 0:
+            raise AvError("--hardest and --per-failure must be >= 0")
+        return self
+
+    def agent_modes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(a.strip() for a in self.agents.split(",") if a.strip()))
+
+    def beta_at(self, iteration: int) -> float:
+        """Probability the teacher drives a scenario in ``iteration`` (>= 1)."""
+        return self.beta * self.beta_decay ** (iteration - 1)
+
+    def backend(self) -> RayBackend | None:
+        return RayBackend(self.ray, self.ray_cpus, self.max_retries) if self.ray else None
+
+
+# --------------------------------------------------------------------------------------------
+# The mixing planner and one shard's work (runs in a Ray worker or in-process)
