@@ -27,6 +27,7 @@ import torch
 
 from av.paths import nuscenes_mini_dir
 from av.types import AgentType, MapData, Provenance, Scenario, Source, VehicleParams
+from safety.pytest_plugin import pytest_collection_modifyitems, pytest_configure  # noqa: F401  (req marker -> JUnit)
 
 
 @pytest.fixture(autouse=True)
