@@ -153,6 +153,6 @@ def test_a_failed_import_keeps_the_previous_store(root: Path, tmp_path: Path, ca
     assert rc == 0 and (out / "manifest.json").is_file()
     before = (out / "manifest.json").read_bytes()
     data = mirror(root, tmp_path / "root", {"maps/expansion/singapore-onenorth.json": b"{"})
-    rc, lines = run_import(data, out, capsys)
+    rc, lines = run_import(data, out, capsys, "--force")
     assert rc == 2 and len(lines) == 1 and "singapore-onenorth.json" in lines[0]
     assert (out / "manifest.json").read_bytes() == before

@@ -8,7 +8,8 @@ and box-overlap test, in the same process. Progress goes to stderr.
 It also times a full closed-loop evaluation (simulator + IDM planner + every metric) of
 ``--eval-scenarios`` 15 s scenarios (synthetic drives from ``av data synth``, repeated) under the
 ``"eval"`` key. ``av bench variants`` times variant generation + validation; ``av bench all``
-prints every figure in one object.
+prints every figure in one object. ``av bench student`` times the student (eager, onnxruntime,
+TensorRT where given, the whole vehicle-runtime call) beside the teacher network.
 
 The JSON is built as a dict by functions such as :func:`bench_sim`; other benchmarks add their
 own top-level keys to the same object.
@@ -21,6 +22,7 @@ import json
 import sys
 import time
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -171,12 +173,14 @@ def tensor_bytes(value: Any, seen: set[int] | None = None) -> int:
 def _time_sim(batch: ScenarioBatch, steps: int) -> tuple[float, Any]:
     """Seconds per ``step`` of the builtin simulator (IDM agents, all collision checks), tracking a
     constant-velocity plan set once; returns the time and the state reached."""
-    from closedloop.planners.constant_velocity import ConstantVelocityPlanner
-    from closedloop.sim import BuiltinSimulator, SimConfig
+    from av.observe import ObservationSpec, observe
+    from closedloop.planner import make_planner
+    from closedloop.sim import BuiltinSimulator
 
-    sim = BuiltinSimulator(SimConfig(agents="idm"))
+    sim = BuiltinSimulator(agents="idm")
     state = sim.reset(batch)
-    state = sim.set_plan(state, ConstantVelocityPlanner(horizon_steps=steps + 10).plan(sim.observe(state)))
+    obs = observe(batch, state.t, ObservationSpec())
+    state = sim.set_plan(state, make_planner("constant_velocity", horizon_steps=steps + 10).plan(obs))
     state = sim.step(state)  # warm-up
     t0 = time.perf_counter()
     for _ in range(steps - 1):
@@ -269,6 +273,45 @@ def _all(args: argparse.Namespace) -> int:
     return 0
 
 
+def _student(args: argparse.Namespace) -> int:
+    """``av bench student``: latency and throughput of the student (eager, onnxruntime, TensorRT)
+    beside the teacher network; untrained default networks where no checkpoint is given (the
+    timing does not depend on the weights)."""
+    import tempfile
+
+    from av.export import bench_student, example_features, export_onnx
+    from av.nets import StudentNet, TeacherNet, load_network
+    from av.observe import ObservationSpec, observe
+
+    if args.calls < 10 or args.batch < 1:
+        raise AvError("bench student: need --calls >= 10 and --batch >= 1")
+    torch.manual_seed(args.seed)
+    student = load_network(args.checkpoint) if args.checkpoint else StudentNet(ObservationSpec()).eval()
+    teacher = load_network(args.teacher) if args.teacher else TeacherNet(ObservationSpec()).eval()
+    if student.kind != "student" or teacher.kind != "teacher":
+        raise AvError("bench student: --checkpoint must hold a student and --teacher a teacher")
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = args.onnx
+        if onnx is None:
+            print("bench student: exporting the student to ONNX", file=sys.stderr)
+            onnx = Path(tmp) / "student.onnx"
+            export_onnx(student, onnx, example_features(student.spec, 5, args.seed + 7), fp16=False)
+        batch = collate(synthetic_scenarios(1, 32, 10, args.seed))
+        observation = observe(batch, batch.history_steps, student.spec)
+        print(json.dumps(bench_student(student, teacher, onnx, observation, args.engine, args.calls, args.batch,
+                                       args.seed)))
+    return 0
+
+
+def _closedloop(args: argparse.Namespace) -> int:
+    from closedloop.distributed import bench_rollouts
+
+    if args.scenarios < 1 or args.steps < 1:
+        raise AvError("bench closedloop: need --scenarios >= 1 and --steps >= 1")
+    print(json.dumps(bench_rollouts(synthetic_scenarios(args.scenarios, 16, args.steps, args.seed), args.planner)))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="throughput and memory benchmarks (JSON on stdout)")
     cmds = p.add_subparsers(dest="bench_command", metavar="COMMAND", required=True)
@@ -286,6 +329,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = cmds.add_parser("variants", help="variants generated and validated per second")
     v.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     v.set_defaults(func=_variants)
+    st = cmds.add_parser("student", help="student latency (eager, onnxruntime, TensorRT) beside the teacher's")
+    st.add_argument("--checkpoint", type=Path, default=None, help="student checkpoint (default: untrained default net)")
+    st.add_argument("--teacher", type=Path, default=None, help="teacher checkpoint (default: untrained default net)")
+    st.add_argument("--onnx", type=Path, default=None, help="exported student (default: export --checkpoint to a temp dir)")
+    st.add_argument("--engine", type=Path, default=None, help="TensorRT engine to time as well (needs a GPU)")
+    st.add_argument("--calls", type=int, default=1000, help="timed calls per latency figure (default: 1000)")
+    st.add_argument("--batch", type=int, default=256, help="batch of the throughput figures (default: 256)")
+    st.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    st.set_defaults(func=_student)
+    cl = cmds.add_parser("closedloop", help="rollout throughput (scenario-seconds per second): in-process vs 1 and 2 Ray workers")
+    cl.add_argument("--scenarios", type=int, default=32, help="synthetic scenarios (default: 32)")
+    cl.add_argument("--steps", type=int, default=100, help="simulated 0.1 s steps per scenario (default: 100)")
+    cl.add_argument("--planner", default="idm", help="planner driving the rollouts (default: idm)")
+    cl.add_argument("--seed", type=int, default=0, help="seed of the synthetic scenarios (default: 0)")
+    cl.set_defaults(func=_closedloop)
     a = cmds.add_parser("all", help="every benchmark, one JSON object")
     a.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     a.set_defaults(func=_all)

@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp = s.add_parser("import", help="read a nuScenes-format dataroot into a scenario store")
     imp.add_argument("--dataroot", type=Path, required=True, help="nuScenes dataroot (holds VERSION/ and maps/)")
     imp.add_argument("--out", type=Path, required=True, help="scenario store directory to write")
+    imp.add_argument("--force", action="store_true", help="replace an existing store at --out")
     add_config_args(imp, ImportConfig)
     imp.set_defaults(func=_import)
 
@@ -24,11 +25,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     syn.add_argument("--out", type=Path, required=True, help="dataroot directory to write")
     syn.add_argument("--drives", type=int, default=8, help="number of drives (default: 8)")
     syn.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    syn.add_argument("--force", action="store_true", help="replace an existing dataroot at --out")
     syn.set_defaults(func=_synth)
 
     ls = s.add_parser("list", help="print the scenarios of a store as a table")
     ls.add_argument("store", type=Path, help="scenario store directory")
     ls.set_defaults(func=_list)
+
+
+def check_out(out: Path, force: bool, what: str) -> None:
+    """Refuse an ``--out`` that is a file, or an existing non-empty directory without ``--force``."""
+    from av.errors import AvError
+
+    if out.exists() and not out.is_dir():
+        raise AvError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise AvError(f"--out {out}: a {what} is already there; pass --force to replace it")
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -40,6 +52,7 @@ def _import(args: argparse.Namespace) -> int:
     from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     cfg = config_from_args(ImportConfig, args)
+    check_out(args.out, args.force, "store")
     console = Console(stderr=True)
     columns = (SpinnerColumn(), TextColumn("importing {task.description}"), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
@@ -63,6 +76,7 @@ def _synth(args: argparse.Namespace) -> int:
 
     if args.drives < 1:
         raise AvError(f"--drives must be at least 1, got {args.drives}")
+    check_out(args.out, args.force, "dataroot")
     root = write_synthetic_dataroot(args.out, SynthConfig(drives=args.drives, seed=args.seed))
     Console(stderr=True).print(f"wrote {args.drives} synthetic drives to {root}")
     return 0

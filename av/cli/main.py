@@ -12,7 +12,7 @@ from av.errors import AvError
 from av.types import ScenarioError
 
 # Each group module defines ``register(subparsers)`` and sets ``func`` on its parsers.
-GROUPS = ("data", "viz", "scenarios", "closedloop", "bench", "pipeline")
+GROUPS = ("data", "viz", "scenarios", "closedloop", "carla", "train", "export", "safety", "bench", "pipeline")
 
 
 def build_parser() -> argparse.ArgumentParser:

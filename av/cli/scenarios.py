@@ -11,6 +11,10 @@
   which the planner fails and the reference planner does not (cross-entropy search scored by the
   closed-loop simulator and evaluator: per-scenario CLS, non-reactive agents by default); writes
   the solvable failures (and their parents) and prints the search report as JSON.
+* ``av scenarios export-xodr --store STORE --scenario ID --out F.xodr``: the scenario's road
+  network as OpenDRIVE 1.7 (CARLA's ``generate_opendrive_world`` loads it).
+* ``av scenarios export-xosc --store STORE --scenario ID --out F.xosc``: the scenario as
+  OpenSCENARIO 1.2, with the OpenDRIVE file it references written beside it (``F.xodr``).
 """
 
 from __future__ import annotations
@@ -65,6 +69,15 @@ class AdversarialOptions:
     family: str = field(default="", metadata={"help": "comma-separated search families (empty: all)"})
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """Options of ``av scenarios export-xodr`` / ``export-xosc``."""
+
+    store: Path = field(metadata={"help": "scenario store"})
+    scenario: str = field(metadata={"help": "id of the scenario to export"})
+    out: Path = field(metadata={"help": "output file (.xodr / .xosc)"})
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from scenarios.adversarial import SearchConfig
 
@@ -82,6 +95,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(adv, AdversarialOptions)
     add_config_args(adv, SearchConfig, skip=("families",))
     adv.set_defaults(func=_adversarial)
+
+    xodr = s.add_parser("export-xodr", help="write a scenario's road network as OpenDRIVE")
+    add_config_args(xodr, ExportOptions)
+    xodr.set_defaults(func=_export, suffix=".xodr")
+
+    xosc = s.add_parser("export-xosc", help="write a scenario as OpenSCENARIO (and the OpenDRIVE it references)")
+    add_config_args(xosc, ExportOptions)
+    xosc.set_defaults(func=_export, suffix=".xosc")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from av.errors import AvError
+    from scenarios.store import read_store
+
+    opts = config_from_args(ExportOptions, args)
+    if opts.out.suffix != args.suffix:
+        raise AvError(f"--out {opts.out}: must end in {args.suffix}")
+    (scenario,) = read_store(opts.store, [opts.scenario])
+    try:
+        import scenariogeneration  # noqa: F401
+    except ImportError:
+        raise AvError("export needs the scenariogeneration package: pip install 'av-closedloop[asam]'") from None
+    if args.suffix == ".xodr":
+        from scenarios.opendrive import write_opendrive
+
+        written = [write_opendrive(scenario, opts.out)]
+    else:
+        from scenarios.openscenario import write_openscenario
+
+        written = list(write_openscenario(scenario, opts.out))
+    print(json.dumps({"scenario": scenario.id, "written": [str(p) for p in written]}, indent=2))
+    return 0
 
 
 def _names(text: str, known: Sequence[str], what: str, option: str) -> list[str]:
@@ -193,9 +238,10 @@ def closedloop_scorer(agents: str, batch_size: int, device: str) -> "ScoreFn":
     from av.batch import collate
     from closedloop.evaluator import evaluate
     from closedloop.planner import Planner, make_planner
-    from closedloop.sim import SimConfig, make_simulator
+    from closedloop.driver import rollout
+    from closedloop.sim import make_simulator
 
-    sim = make_simulator("builtin", SimConfig(agents=agents, record_plans=False))  # type: ignore[arg-type]
+    sim = make_simulator("builtin", agents=agents)
     planners: dict[str, Planner] = {}
 
     def score(scenarios: Sequence[Scenario], planner: str) -> np.ndarray:
@@ -205,7 +251,7 @@ def closedloop_scorer(agents: str, batch_size: int, device: str) -> "ScoreFn":
         for i in range(0, len(scenarios), batch_size):
             batch = collate(scenarios[i : i + batch_size]).to(device)
             with torch.no_grad():
-                out.append(evaluate(sim.run(batch, planners[planner]))["cls"].double().cpu().numpy())
+                out.append(evaluate(rollout(sim, batch, planners[planner], record_plans=False))["cls"].double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 
     return score

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -93,7 +93,8 @@ def _help(text: str) -> dict[str, str]:
 class ImportConfig:
     """How :func:`load_nuscenes` reads a dataroot (each field is an ``av data import`` option)."""
 
-    version: str = field(default="v1.0-mini", metadata=_help("nuScenes version folder inside the dataroot"))
+    version: str = field(default="auto", metadata=_help(
+        "nuScenes version folder inside the dataroot; 'auto': the only one there"))
     window: bool = field(
         default=True,
         metadata=_help("cut each scene into fixed-length scenarios of history + future seconds"),
@@ -165,6 +166,7 @@ def load_nuscenes(dataroot: Path, config: ImportConfig) -> Iterator[Scenario]:
     naming the file and the problem, here or during iteration.
     """
     dataroot = Path(dataroot)
+    config = replace(config, version=resolve_version(dataroot, config.version))
     nusc = _open_tables(dataroot, config.version)
     drives = [(scene, _location_of(nusc, scene)) for scene in _select_scenes(nusc, config.scenes)]
     for scene, loc in drives:
@@ -242,6 +244,21 @@ def _json_error(paths: list[Path]) -> AvError:
             reason = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
             return AvError(f"{p}: corrupt JSON ({reason}{where})")
     return AvError(f"{paths[0].parent}: corrupt JSON in one of the tables")
+
+
+def resolve_version(dataroot: Path, version: str) -> str:
+    """``version`` itself, or for ``"auto"`` the one version folder of ``dataroot`` (a folder
+    holding ``scene.json``); several or none raise :class:`AvError` listing what was found."""
+    if version != "auto":
+        return version
+    if not dataroot.is_dir():
+        raise AvError(f"{dataroot}: no such dataroot directory")
+    found = sorted(p.name for p in dataroot.iterdir() if (p / "scene.json").is_file())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise AvError(f"{dataroot}: no nuScenes version folder (a folder holding scene.json) found")
+    raise AvError(f"{dataroot}: several version folders ({', '.join(found)}); choose one with --version")
 
 
 def _open_tables(dataroot: Path, version: str) -> NuScenes:
