@@ -1,8 +1,8 @@
 """The student as a simulator planner: its network on car-visible inputs only.
 
 ``av closedloop eval --planner student --checkpoint RUN/student.ckpt`` (or
-``--planner-arg checkpoint=...``) loads the student network (``torch.load(...,
-weights_only=True)``, :func:`av.nets.load_network`), observes with the network's saved
+``--planner-arg checkpoint=...``) loads the student network with :func:`av.nets.load_network`
+(tensors and plain values only, never pickled code), observes with the network's saved
 ``ObservationSpec``, encodes with :func:`av.features.encode` (the code used in training and
 export) and returns the network's trajectory. The teacher is :mod:`closedloop.planners.teacher`.
 """
