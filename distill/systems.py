@@ -138,7 +138,7 @@ class DistillationSystem(pl.LightningModule):
         feats = _features(batch)
         plan, proposals, scores = self._labels(batch)
         emb = self.net.encode(*feats)
-        traj = self.net.decode(emb, feats[0])
+        traj = self.net.decode(emb, feats[0], feats[5], feats[6])
         plan_loss = pose_error(traj, plan).mean()
         known = torch.isfinite(scores)
         logits = self.score_head(emb, torch.nan_to_num(proposals))

@@ -200,26 +200,45 @@ def test_split_is_by_scene_with_an_explicit_held_out_list(store: Path) -> None:
         _data(store, val_scenes=("scene-z",)).setup()
 
 
+class HalfSpeedLabeller:
+    """A stand-in teacher whose plan drives the logged path at half the logged speed (a plan a
+    route-following student can reach), proposing it beside the log itself."""
+
+    settings = {"labeller": "half_speed_log"}
+
+    def __call__(self, batch, t: torch.Tensor) -> Labels:
+        from av.observe import privileged
+
+        fut = privileged(batch, t, SPEC)
+        steps = torch.arange(1, TINY.horizon + 1)
+        half = (steps * 5 / 2).round().long() - 1  # log steps (0.1 s) at half of each 0.5 s output time
+        full = steps * 5 - 1
+        plan = fut.ego_future[:, half, :3].float()
+        proposals = torch.stack([plan, fut.ego_future[:, full, :3].float()], 1)
+        return Labels(plan=plan, proposals=proposals, scores=torch.tensor([[1.0, 0.0]]).expand(len(t), 2))
+
+
 def test_distillation_pulls_the_student_to_the_teacher_plans(store: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     teacher = TeacherNet(SPEC, TINY).eval()
-    labeller = NetworkLabeller(teacher, "t0")
-    data = _data(store, labeller, cache=str(tmp_path / "cache"))
+    data = _data(store, HalfSpeedLabeller(), cache=str(tmp_path / "cache"))
     data.setup()
     pl.seed_everything(0, verbose=False)
     student = StudentNet(SPEC, StudentConfig(width=8, hidden=16, horizon=4))
-    system = DistillationSystem(student, optim=OptimConfig(lr=5e-3), teacher=teacher)
+    system = DistillationSystem(student, optim=OptimConfig(lr=1e-2), teacher=teacher)
     val = data.train_set.tensors  # three hand-made scenes: fitting, not generalisation
     feats = [val[k] for k in ("ego", "agents", "agent_mask", "lanes", "lane_mask", "route", "route_mask")]
 
+    full = val["target_valid"].all(1)  # states near a drive's end have no plan to reach
+
     def plan_error() -> float:
         with torch.no_grad():
-            return float((student(*feats)[..., :2] - val["plan"][..., :2]).norm(dim=-1).mean())
+            return float((student(*feats)[..., :2] - val["plan"][..., :2]).norm(dim=-1)[full].mean())
 
     before = plan_error()
     cfg = TrainerConfig(max_epochs=20, seed=0, accelerator="cpu", devices="1", progress=False)
     final, _ = fit(system, data, tmp_path / "run", "student", cfg)
-    assert plan_error() < 0.25 * before
+    assert plan_error() < before / 3
     ckpt = torch.load(final, map_location="cpu", weights_only=True)
     assert not any(k.startswith("teacher") for k in ckpt["state_dict"])  # the teacher is not saved
     assert "teacher" not in ckpt["hyper_parameters"]
