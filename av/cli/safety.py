@@ -11,7 +11,9 @@
   with ``--catches FILE`` the fault-injection statistics; exits 1 on an uncovered hazard.
 * ``av safety inject --store STORE`` replays logged drives, injects corrupted plans and
   perception faults, and writes the monitors' catch matrix (``catches.json``) and rates
-  (``inject.json``, see :mod:`safety.inject`).
+  (``inject.json``, see :mod:`safety.inject`); with ``--closed-loop`` the faults are injected
+  into a planner driven closed-loop through the one driver with the monitors and the fallback in
+  the loop (:mod:`safety.faults`), over the drives and ``--variants`` of them.
 * ``av safety report`` writes the safety case (``safety_case.html``/``.json``: claims ->
   arguments -> evidence, each item with its run, date and result) beside the trace files; it
   reports open claims but exits 0 (the trace command is the gate).
@@ -227,30 +229,75 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _closed_loop(args: argparse.Namespace, scenarios: list) -> tuple[Any, dict[str, Any]]:
+    """Closed-loop injection (:mod:`safety.faults`) over ``scenarios`` and ``--variants`` of them."""
+    from closedloop.planner import make_planner
+    from safety.faults import FAULTS, inject_closed_loop
+
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()] if args.faults else list(FAULTS)
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown or not faults:
+        raise AvError(f"--faults: unknown fault(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(FAULTS)}")
+    if args.plan_every < 1:
+        raise AvError(f"--plan-every must be >= 1, got {args.plan_every}")
+    make_planner(args.planner)  # an unknown planner fails here, before any work
+    if args.variants:
+        from scenarios.variants import generate_variants
+
+        scenarios = [*scenarios, *generate_variants(scenarios, args.variants, args.seed)[0]]
+    result, closed = inject_closed_loop(scenarios, lambda: make_planner(args.planner), faults, args.every, args.seed,
+                                        plan_every=args.plan_every)
+    return result, {"closed_loop": True, "planner": args.planner, "plan_every": args.plan_every,
+                    "drives": len(scenarios), "variants_per_scenario": args.variants, "per_fault_closed_loop": closed}
+
+
+def print_catch_table(summary: dict[str, Any]) -> None:
+    """Per fault type: hazardous events, caught by any, and each monitor's catch rate."""
+    per = summary["per_fault"]
+    if not per:
+        return
+    names = list(next(iter(per.values()))["per_monitor"])
+    print(f"{'fault':<14}{'events':>7}{'any':>6} " + " ".join(f"{n[:8]:>8}" for n in names))
+    rows = [(f, v["hazardous"], v["caught_by_any"], v["per_monitor"]) for f, v in per.items()]
+    rows.append(("all", summary["hazardous_events"], float("nan"), summary["per_monitor_catch_rate"]))
+    for f, n, any_, rates in rows:
+        print(f"{f:<14}{n:>7}{any_:>6.2f} " + " ".join(f"{rates[m]:>8.2f}" for m in names))
+
+
 def _inject(args: argparse.Namespace) -> int:
     import json
 
     import torch
 
     from av.fileio import atomic_write_json
+    from safety.diversity import statistics_by_fault
     from safety.inject import inject
     from safety.monitors import all_monitors
     from scenarios.store import read_store
 
     if args.every <= 0:
         raise AvError(f"--every must be > 0 s, got {args.every}")
+    if args.variants < 0:
+        raise AvError(f"--variants must be >= 0, got {args.variants}")
     torch.manual_seed(args.seed)
     scenarios = read_store(Path(args.store))
     if args.limit:
         scenarios = scenarios[: args.limit]
     if not scenarios:
         raise AvError(f"{args.store}: no scenarios")
-    result = inject(scenarios, all_monitors, every_s=args.every, seed=args.seed)
+    extra: dict[str, Any] = {"closed_loop": False}
+    if args.closed_loop:
+        result, extra = _closed_loop(args, scenarios)
+    else:
+        result = inject(scenarios, all_monitors, every_s=args.every, seed=args.seed)
     out = Path(args.out)
     summary = {"store": str(args.store), "scenarios": len(scenarios), "every_s": args.every, "seed": args.seed,
-               **result.summary()}
+               **extra, **result.summary()}
+    if len(result.faults):
+        summary["diversity"] = statistics_by_fault(result.caught, result.faults, result.monitors)
     atomic_write_json(out / "catches.json", result.catches_json())
     atomic_write_json(out / "inject.json", summary)
+    print_catch_table(summary)
     print(json.dumps({k: summary[k] for k in ("scenarios", "hazardous_events", "hazardous_injected_plans",
                                               "injected_plans_vetoed_by_any", "fallback_applied",
                                               "fallback_collides_within_horizon")}))
@@ -263,31 +310,39 @@ def _inject(args: argparse.Namespace) -> int:
     if missed is not None and missed < 1.0:
         print(f"av: fault injection: only {missed:.3f} of the colliding injected plans were vetoed", file=sys.stderr)
         return 1
+    unprotected = [f for f, v in summary.get("per_fault_closed_loop", {}).items()
+                   if v["fallback_drove_at_vetoed"] != v["vetoed"]]
+    if unprotected:
+        print(f"av: fault injection: vetoed plans without the fallback driving under {', '.join(unprotected)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
-def safety_stage(store: Path, eval_dir: Path | None, out: Path, seed: int = 0) -> dict[str, Any]:
-    """The pipeline's safety stage: fault injection on ``store`` (``out/inject``), the diversity
-    analysis with its catches (``out/diversity``), and the safety case with the trace structure
-    and the eval run's metric thresholds (``out/report``; the test results come from
+def safety_stage(stores: list[Path], eval_dir: Path | None, out: Path, seed: int = 0, planner: str = "idm",
+                 every_s: float = 1.0, plan_every: int = 5) -> dict[str, Any]:
+    """The pipeline's safety stage: closed-loop fault injection (:mod:`safety.faults`, every
+    fault type, ``planner`` as the base) over the drives of ``stores`` (``out/inject``), the
+    diversity analysis with its catches (``out/diversity``), and the safety case with the trace
+    structure and the eval run's metric thresholds (``out/report``; the test results come from
     ``av safety report --run-tests``). Returns the injection summary."""
-    import numpy as np
-
     from av.fileio import atomic_write_bytes, atomic_write_json
+    from closedloop.planner import make_planner
     from safety.case import build_case, case_html
     from safety.diversity import statistics_by_fault
-    from safety.inject import inject
-    from safety.monitors import all_monitors
+    from safety.faults import inject_closed_loop
     from safety.outputs import diversity_html, write_trace
     from scenarios.store import read_store
 
-    result = inject(read_store(store), all_monitors, seed=seed)
-    summary = result.summary()
+    scenarios = [s for store in stores for s in read_store(store)]
+    result, closed = inject_closed_loop(scenarios, lambda: make_planner(planner), every_s=every_s, seed=seed,
+                                        plan_every=plan_every)
+    summary = {"closed_loop": True, "planner": planner, "drives": len(scenarios), "per_fault_closed_loop": closed,
+               **result.summary()}
+    empirical = (statistics_by_fault(result.caught, result.faults, result.monitors) if len(result.faults) else None)
     atomic_write_json(out / "inject" / "catches.json", result.catches_json())
-    atomic_write_json(out / "inject" / "inject.json", summary)
+    atomic_write_json(out / "inject" / "inject.json", {**summary, "diversity": empirical})
     static, problems = project_diversity(None)
-    empirical = (statistics_by_fault(np.asarray(result.caught, bool), result.faults, result.monitors)
-                 if len(result.faults) else None)
     atomic_write_json(out / "diversity" / "diversity.json", {**static.to_dict(), "problems": problems,
                                                               "empirical": empirical})
     atomic_write_bytes(out / "diversity" / "diversity.html", diversity_html(static, problems, empirical).encode())
@@ -322,6 +377,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--every", type=float, default=1.0, help="seconds between injection points (default: 1)")
     i.add_argument("--limit", type=int, default=0, help="use only the first N scenarios (default: all)")
     i.add_argument("--seed", type=int, default=0, help="seed of the perception noise (default: 0)")
+    i.add_argument("--closed-loop", action="store_true",
+                   help="inject the faults closed-loop through the driver (monitors + fallback in the loop)")
+    i.add_argument("--planner", default="idm", help="closed loop: the base planner faults are injected into (default: idm)")
+    i.add_argument("--faults", default=None, help="closed loop: comma-separated fault types (default: all)")
+    i.add_argument("--plan-every", type=int, default=5, help="closed loop: plan every k 10 Hz steps (default: 5)")
+    i.add_argument("--variants", type=int, default=0, help="closed loop: also drive N variants per scenario (default: 0)")
     i.add_argument("--out", default="runs/safety/inject", help="output directory (default: runs/safety/inject)")
     i.set_defaults(func=_inject)
     r = cmds.add_parser("report", help="HTML safety case: claims -> arguments -> evidence (run, date, result)")
