@@ -14,6 +14,8 @@
   (``inject.json``, see :mod:`safety.inject`); with ``--closed-loop`` the faults are injected
   into a planner driven closed-loop through the one driver with the monitors and the fallback in
   the loop (:mod:`safety.faults`), over the drives and ``--variants`` of them.
+* ``av safety evidence`` runs ruff, mypy and pytest-cov on the safety-relevant code and writes
+  the results as evidence items (``code_evidence.json``, see :mod:`safety.evidence`).
 * ``av safety report`` writes the safety case (``safety_case.html``/``.json``: claims ->
   arguments -> evidence, each item with its run, date and result) beside the trace files; it
   reports open claims but exits 0 (the trace command is the gate).
@@ -205,6 +207,42 @@ def _empirical(catches: str | None) -> dict | None:
     return statistics_by_fault(np.array(caught, dtype=bool).reshape(len(caught), len(names)), faults, names)
 
 
+def _evidence(args: argparse.Namespace) -> int:
+    from av.fileio import atomic_write_json
+    from safety.evidence import COVERAGE_TESTS, SAFETY_CODE, code_evidence
+
+    root = Path(args.root).resolve() if args.root else PROJECT
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()] if args.paths else list(SAFETY_CODE)
+    tests = [t.strip() for t in args.tests.split(",") if t.strip()] if args.tests else list(COVERAGE_TESTS)
+    missing = [p for p in [*paths, *tests] if not (root / p).exists()]
+    if missing:
+        raise AvError(f"{root}: no such path(s): {', '.join(missing)}")
+    items = code_evidence(root, paths, tests)
+    out = Path(args.out)
+    atomic_write_json(out / "code_evidence.json", {"root": str(root), "evidence": [e.__dict__ for e in items]})
+    for e in items:
+        print(f"{e.result:>13}  {e.what}  [{e.run}, {e.date}]")
+    print(f"wrote {out / 'code_evidence.json'} (for av safety report --code-evidence)")
+    return 0
+
+
+def read_code_evidence(path: str | None) -> "list[Any] | None":
+    """The evidence items of a ``code_evidence.json`` (``None`` without a path)."""
+    if not path:
+        return None
+    import json
+
+    from safety.case import Evidence
+
+    try:
+        data = json.loads(Path(path).read_text())
+        return [Evidence(str(e["what"]), str(e["run"]), str(e["date"]), str(e["result"])) for e in data["evidence"]]
+    except OSError as e:
+        raise AvError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise AvError(f"{path}: not a code evidence file of av safety evidence ({type(e).__name__}: {e})") from None
+
+
 def _report(args: argparse.Namespace) -> int:
     from av.fileio import atomic_write_bytes, atomic_write_json
     from safety.case import build_case, case_html
@@ -214,7 +252,7 @@ def _report(args: argparse.Namespace) -> int:
     trace = build_project_trace(args.records, args.tests, _junit(args, out), args.eval)
     write_trace(trace, out)
     static, problems = project_diversity(args.records)
-    case = build_case(trace, static, problems, _empirical(args.catches))
+    case = build_case(trace, static, problems, _empirical(args.catches), code=read_code_evidence(args.code_evidence))
     atomic_write_json(out / "safety_case.json", case.to_dict())
     atomic_write_bytes(out / "safety_case.html", case_html(case).encode())
 
@@ -393,5 +431,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--structure-only", action="store_true", help="no test results (their evidence stays open)")
     r.add_argument("--eval", default=None, metavar="RUN_DIR", help="closed-loop eval run for the metric thresholds")
     r.add_argument("--catches", default=None, help="fault-injection catch file (JSON) for the diversity evidence")
+    r.add_argument("--code-evidence", default=None, help="code_evidence.json of av safety evidence (lint, types, coverage)")
     r.add_argument("--out", default="runs/safety/report", help="output directory (default: runs/safety/report)")
     r.set_defaults(func=_report)
+    e = cmds.add_parser("evidence", help="run lint (ruff), type check (mypy) and coverage (pytest-cov) on the "
+                                         "safety-relevant code; the results become safety-case evidence")
+    e.add_argument("--root", default=None, help="project root (default: this checkout)")
+    e.add_argument("--paths", default=None, help="comma-separated files/packages checked (default: monitors, runtime, "
+                                                 "evaluator)")
+    e.add_argument("--tests", default=None, help="comma-separated test files run for coverage (default: theirs)")
+    e.add_argument("--out", default="runs/safety/evidence", help="output directory (default: runs/safety/evidence)")
+    e.set_defaults(func=_evidence)
