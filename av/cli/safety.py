@@ -14,6 +14,10 @@
   (``inject.json``, see :mod:`safety.inject`); with ``--closed-loop`` the faults are injected
   into a planner driven closed-loop through the one driver with the monitors and the fallback in
   the loop (:mod:`safety.faults`), over the drives and ``--variants`` of them.
+* ``av safety explain --run EVAL_DIR --store STORE --checkpoint CKPT`` explains the scenarios
+  of the run that lost points (or ``--scenario ID``): sub-scores over time, every vetoed plan
+  with the monitors' verdicts, the student's saliency over agents and lanes on the bird's-eye
+  view (see :mod:`safety.explain`).
 * ``av safety evidence`` runs ruff, mypy and pytest-cov on the safety-relevant code and writes
   the results as evidence items (``code_evidence.json``, see :mod:`safety.evidence`).
 * ``av safety report`` writes the safety case (``safety_case.html``/``.json``: claims ->
@@ -243,6 +247,62 @@ def read_code_evidence(path: str | None) -> "list[Any] | None":
         raise AvError(f"{path}: not a code evidence file of av safety evidence ({type(e).__name__}: {e})") from None
 
 
+def _explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from av.fileio import atomic_write_json
+    from av.keys import file_digest
+    from closedloop.evaluator import reasons
+    from closedloop.planner import make_planner
+    from closedloop.runner import read_results, read_summary
+    from safety.explain import explain_scenario
+    from scenarios.store import read_store
+
+    run = Path(args.run)
+    table = read_results(run)
+    if table is None:
+        raise AvError(f"{run}: no results (an av closedloop eval run directory is expected)")
+    rows = table.select(args.planner, args.agents)
+    if len(rows) == 0:
+        raise AvError(f"{run}: no results of planner {args.planner!r} with {args.agents} agents")
+    inputs = [r["inputs"] for r in (read_summary(run) or {}).get("rows", [])
+              if r["planner"] == args.planner and r["agents"] == args.agents]
+    recorded = inputs[0].get("planner_files", {}).get("checkpoint") if inputs else None
+    plan_every = int(inputs[0].get("plan_every", 1)) if inputs else 1
+    if recorded and recorded != file_digest(args.checkpoint):
+        raise AvError(f"{args.checkpoint}: not the checkpoint {run} evaluated (content digest differs)")
+    ids = [str(i) for i in rows.column("scenario_id")]
+    why = reasons({m: rows.column(m) for m in rows.metrics})
+    lost = {i: w for i, w in zip(ids, why) if w}
+    wanted = args.scenario or list(lost)[: args.limit]
+    unknown = [i for i in wanted if i not in ids]
+    if unknown:
+        raise AvError(f"{run}: no {args.planner} result for scenario(s) {', '.join(unknown)}")
+    scenarios = {s.id: s for s in read_store(Path(args.store)) if s.id in wanted}
+    missing = [i for i in wanted if i not in scenarios]
+    if missing:
+        raise AvError(f"{args.store}: no scenario(s) {', '.join(missing)} (give the store the run evaluated)")
+    torch.manual_seed(0)
+    planner = make_planner(args.planner, checkpoint=args.checkpoint)
+    net = getattr(planner, "network", None)
+    if net is None:
+        raise AvError(f"planner {args.planner!r} has no network to attribute (use the student)")
+    out = Path(args.out)
+    index = []
+    for sid in wanted:
+        rec = explain_scenario(scenarios[sid], planner, net, out / sid, args.agents, args.pictures,
+                               plan_every=plan_every)
+        index.append({"scenario": sid, "run_lost_points": lost.get(sid, ""), "replay_lost_points": rec["lost_points"],
+                      "vetoed_plans": len(rec["vetoed_plans"]), "pictures": [f"{sid}/{p}" for p in rec["pictures"]]})
+        print(f"{sid}: lost points: {lost.get(sid) or 'none'}; {len(rec['vetoed_plans'])} vetoed plan(s); "
+              f"{len(rec['pictures'])} picture(s) in {out / sid}")
+    atomic_write_json(out / "index.json", {"run": str(run), "planner": args.planner, "agents": args.agents,
+                                           "scenarios": index})
+    if not wanted:
+        print(f"{run}: no scenario of {args.planner} lost points; nothing to explain (give --scenario ID)")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from av.fileio import atomic_write_bytes, atomic_write_json
     from safety.case import build_case, case_html
@@ -434,6 +494,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--code-evidence", default=None, help="code_evidence.json of av safety evidence (lint, types, coverage)")
     r.add_argument("--out", default="runs/safety/report", help="output directory (default: runs/safety/report)")
     r.set_defaults(func=_report)
+    x = cmds.add_parser("explain", help="explain vetoed plans and lost points of an eval run: sub-scores over time, "
+                                        "monitor verdicts, the student's attribution on the bird's-eye view")
+    x.add_argument("--run", required=True, help="av closedloop eval run directory")
+    x.add_argument("--store", required=True, help="the scenario store the run evaluated")
+    x.add_argument("--checkpoint", required=True, help="the student checkpoint the run evaluated")
+    x.add_argument("--planner", default="student", help="the run's planner name (default: student)")
+    x.add_argument("--agents", default="log", choices=("log", "idm"), help="agent mode of the run's rows (default: log)")
+    x.add_argument("--scenario", action="append", default=[], help="scenario ID (repeatable; default: those that "
+                                                                    "lost points)")
+    x.add_argument("--limit", type=int, default=3, help="at most N scenarios that lost points (default: 3)")
+    x.add_argument("--pictures", type=int, default=4, help="attribution pictures per scenario (default: 4)")
+    x.add_argument("--out", default="runs/safety/explain", help="output directory (default: runs/safety/explain)")
+    x.set_defaults(func=_explain)
     e = cmds.add_parser("evidence", help="run lint (ruff), type check (mypy) and coverage (pytest-cov) on the "
                                          "safety-relevant code; the results become safety-case evidence")
     e.add_argument("--root", default=None, help="project root (default: this checkout)")
