@@ -252,7 +252,7 @@ def _safety(out: Path, args: argparse.Namespace, variants: Path, evaldir: Path) 
     from av.keys import file_digest, tree_digest
 
     safety = out / "safety"
-    settings = {"planner": "idm", "every_s": 1.0, "plan_every": 5}
+    settings = {"planner": "idm", "every_s": 2.0, "plan_every": 10}  # 1 Hz planning: a fast stage
 
     def run_safety() -> None:
         s = safety_stage([variants], evaldir, safety, args.seed, **settings)
