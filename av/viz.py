@@ -407,7 +407,7 @@ def render_attribution(
     lw = np.nan_to_num(lane_weight)
     top = max(float(aw.max(initial=0.0)), float(lw.max(initial=0.0)), 1e-12)
     reds, blues = colormaps["Reds"], colormaps["Blues"]
-    segs = [lane for lane, w in zip(lanes, lw) if w > 0]
+    segs = [lane for lane, w in zip(lanes, lw, strict=True) if w > 0]
     weights = lw[lw > 0] / top
     ax.add_collection(LineCollection(segs, colors=[blues(0.35 + 0.65 * w) for w in weights],
                                      linewidths=[1.0 + 5.0 * w for w in weights], zorder=3))

@@ -66,7 +66,8 @@ def _module(path: str) -> str:
 
 
 def _run(cmd: list[str], root: Path, **env_extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **env_extra, "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    path = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, **env_extra, "PYTHONPATH": path}
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
 
 

@@ -148,7 +148,8 @@ def _agents_world(obs: Observation) -> np.ndarray:
     return np.concatenate([_world(obs, obs.agents[0, :, -1, :2]), yaw, now[:, 3:]], -1)
 
 
-def _plot_scores(times: list[float], series: dict[str, list[float]], vetoes: list[float], title: str, out: Path) -> None:
+def _plot_scores(times: list[float], series: dict[str, list[float]], vetoes: list[float], title: str,
+                 out: Path) -> None:
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -191,7 +191,8 @@ def inject_closed_loop(scenarios: Sequence[Scenario], planner_factory: Any, faul
                        plan_every: int = 5, horizon_s: float = HORIZON_S) -> tuple[InjectionResult, dict[str, Any]]:
     """Drive ``scenarios`` once per fault type with ``planner_factory()`` wrapped by a
     :class:`FaultyPlanner`, the ``monitors`` (names; default all registered) and the fallback in
-    the loop; the driver plans every ``plan_every`` 10 Hz steps. Returns the catch matrix of the hazardous events (an :class:`InjectionResult`) and
+    the loop; the driver plans every ``plan_every`` 10 Hz steps. Returns the catch matrix of
+    the hazardous events (an :class:`InjectionResult`) and
     per fault type the closed-loop facts the driver recorded: ``injections``, ``hazardous``,
     ``vetoed``, ``fallback_drove_at_vetoed`` (events where the driver drove the fallback)."""
     batch = collate(list(scenarios))

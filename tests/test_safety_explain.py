@@ -47,7 +47,8 @@ def test_saliency_is_where_the_output_depends_on_the_input() -> None:
     def moved(kind: str, slot: int) -> float:  # the output change when one item's features move
         x = getattr(f, kind).clone()
         x[0, slot] += 0.05
-        args = dict(zip(("ego", "agents", "agent_mask", "lanes", "lane_mask", "route", "route_mask"), f.as_tuple()))
+        names = ("ego", "agents", "agent_mask", "lanes", "lane_mask", "route", "route_mask")
+        args = dict(zip(names, f.as_tuple(), strict=True))
         args[kind] = x
         return float((net(*args.values()) - base).abs().max().detach())
 

@@ -14,7 +14,7 @@ import torch
 from av.cli.main import main
 from closedloop.planner import make_planner
 from conftest import build_scenario
-from safety.faults import FAULTS, delay_agents, inject_closed_loop
+from safety.faults import FAULTS, SimClock, delay_agents, inject_closed_loop
 from safety.inject import PLAN_FAULTS
 from safety_fixtures import make_observation
 
@@ -57,7 +57,8 @@ def test_closed_loop_injection_on_real_drives(real_scenarios) -> None:
     assert all(v["fallback_drove_at_vetoed"] == v["vetoed"] for v in closed.values())
 
 
-def test_cli_closed_loop_inject_writes_catches_and_diversity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_closed_loop_inject_writes_catches_and_diversity(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     from scenarios.store import write_store
 
     write_store(tmp_path / "store", [build_scenario(num_steps=50, ego_speed=8.0)])
@@ -75,3 +76,30 @@ def test_cli_closed_loop_inject_writes_catches_and_diversity(tmp_path: Path, cap
         assert main(["safety", "inject", "--store", str(tmp_path / "store"), "--closed-loop", *bad]) == 2
         assert msg in capsys.readouterr().err
     assert set(FAULTS) >= {"noise", "dropped_agent", "ghost", "delayed", "late", *PLAN_FAULTS}
+
+
+@pytest.mark.req("SR-LAT-01")
+def test_the_driver_lets_the_deadline_watchdog_time_the_planner() -> None:
+    from av.batch import collate
+    from closedloop.driver import rollout
+    from closedloop.sim import make_simulator
+    from safety.monitors.watchdog import DeadlineWatchdog
+
+    clock = SimClock()
+
+    class Slow:  # planning takes 50 ms, or 250 ms from the fifth call on
+        name, privileged, calls = "slow", False, 0
+        inner = make_planner("constant_velocity")
+
+        def plan(self, observation, privileged=None):
+            self.calls += 1
+            clock.advance(0.25 if self.calls >= 5 else 0.05)
+            return self.inner.plan(observation)
+
+    batch = collate([build_scenario(num_steps=20)])
+    with make_simulator("builtin", agents="log") as sim:
+        r = rollout(sim, batch, Slow(), monitors=[DeadlineWatchdog(clock=clock)])  # not wrapped by hand
+    start = int(r.start_step[0])
+    vetoed = r.vetoes[0, start:start + 9, 0].tolist()
+    assert vetoed == [False] * 4 + [True] * 5 and r.fallback_used[0, start + 4]
+    assert all("250 ms > 100 ms" in why for _, _, _, why in r.veto_reasons)

@@ -273,7 +273,7 @@ def _explain(args: argparse.Namespace) -> int:
         raise AvError(f"{args.checkpoint}: not the checkpoint {run} evaluated (content digest differs)")
     ids = [str(i) for i in rows.column("scenario_id")]
     why = reasons({m: rows.column(m) for m in rows.metrics})
-    lost = {i: w for i, w in zip(ids, why) if w}
+    lost = {i: w for i, w in zip(ids, why, strict=True) if w}
     wanted = args.scenario or list(lost)[: args.limit]
     unknown = [i for i in wanted if i not in ids]
     if unknown:
@@ -477,10 +477,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--seed", type=int, default=0, help="seed of the perception noise (default: 0)")
     i.add_argument("--closed-loop", action="store_true",
                    help="inject the faults closed-loop through the driver (monitors + fallback in the loop)")
-    i.add_argument("--planner", default="idm", help="closed loop: the base planner faults are injected into (default: idm)")
+    i.add_argument("--planner", default="idm",
+                   help="closed loop: the base planner faults are injected into (default: idm)")
     i.add_argument("--faults", default=None, help="closed loop: comma-separated fault types (default: all)")
     i.add_argument("--plan-every", type=int, default=5, help="closed loop: plan every k 10 Hz steps (default: 5)")
-    i.add_argument("--variants", type=int, default=0, help="closed loop: also drive N variants per scenario (default: 0)")
+    i.add_argument("--variants", type=int, default=0,
+                   help="closed loop: also drive N variants per scenario (default: 0)")
     i.add_argument("--out", default="runs/safety/inject", help="output directory (default: runs/safety/inject)")
     i.set_defaults(func=_inject)
     r = cmds.add_parser("report", help="HTML safety case: claims -> arguments -> evidence (run, date, result)")
@@ -491,7 +493,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--structure-only", action="store_true", help="no test results (their evidence stays open)")
     r.add_argument("--eval", default=None, metavar="RUN_DIR", help="closed-loop eval run for the metric thresholds")
     r.add_argument("--catches", default=None, help="fault-injection catch file (JSON) for the diversity evidence")
-    r.add_argument("--code-evidence", default=None, help="code_evidence.json of av safety evidence (lint, types, coverage)")
+    r.add_argument("--code-evidence", default=None,
+                   help="code_evidence.json of av safety evidence (lint, types, coverage)")
     r.add_argument("--out", default="runs/safety/report", help="output directory (default: runs/safety/report)")
     r.set_defaults(func=_report)
     x = cmds.add_parser("explain", help="explain vetoed plans and lost points of an eval run: sub-scores over time, "
@@ -500,7 +503,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--store", required=True, help="the scenario store the run evaluated")
     x.add_argument("--checkpoint", required=True, help="the student checkpoint the run evaluated")
     x.add_argument("--planner", default="student", help="the run's planner name (default: student)")
-    x.add_argument("--agents", default="log", choices=("log", "idm"), help="agent mode of the run's rows (default: log)")
+    x.add_argument("--agents", default="log", choices=("log", "idm"),
+                   help="agent mode of the run's rows (default: log)")
     x.add_argument("--scenario", action="append", default=[], help="scenario ID (repeatable; default: those that "
                                                                     "lost points)")
     x.add_argument("--limit", type=int, default=3, help="at most N scenarios that lost points (default: 3)")
