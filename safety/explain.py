@@ -106,7 +106,7 @@ def _cut(r: Rollout, cuts: list[int]) -> Rollout:
     keep = torch.arange(r.step_valid.shape[1])[None] <= torch.tensor(cuts)[:, None]
 
     def rows(obj: Any) -> Any:
-        changes = {}
+        changes: dict[str, Any] = {}
         for f in dataclasses.fields(obj):
             v = getattr(obj, f.name)
             if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == 1:
@@ -202,8 +202,8 @@ def explain_scenario(scenario: Scenario, planner: Any, net: nn.Module, out: Path
 
     def attribution(t: int) -> dict[str, Any]:
         obs, plan, _ = rec.seen[(t - start) // plan_every]
-        wa, wl = saliency(net, obs)
-        wa, wl = wa[0].numpy(), wl[0].numpy()
+        sa, sl = saliency(net, obs)
+        wa, wl = sa[0].numpy(), sl[0].numpy()
         order_a, order_l = np.argsort(-wa)[:3], np.argsort(-wl)[:3]
         total_a, total_l = max(float(wa.sum()), 1e-12), max(float(wl.sum()), 1e-12)
         return {"step": t, "time_s": round(t * dt, 2),
@@ -213,10 +213,12 @@ def explain_scenario(scenario: Scenario, planner: Any, net: nn.Module, out: Path
                 "lanes": [{"slot": int(i), "share": float(wl[i] / total_l)} for i in order_l if wl[i] > 0],
                 "_draw": (obs, plan, wa, wl)}
 
-    events = [{"step": step_of[k], "time_s": round(step_of[k] * dt, 2),
-               "vetoed_by": [{"monitor": n, "reason": why} for n, why in v]} for k, v in enumerate(verdicts) if v]
-    drawn = [*vetoed_steps[: max(0, pictures - (first_lost is not None))],
-             *([first_lost] if first_lost is not None and first_lost >= start else [])]
+    events: list[dict[str, Any]] = [
+        {"step": step_of[k], "time_s": round(step_of[k] * dt, 2),
+         "vetoed_by": [{"monitor": n, "reason": why} for n, why in v]} for k, v in enumerate(verdicts) if v]
+    drawn: list[int] = vetoed_steps[: max(0, pictures - (first_lost is not None))]
+    if first_lost is not None and first_lost >= start:
+        drawn.append(first_lost)
     attributions = {t: attribution(t) for t in dict.fromkeys([*vetoed_steps, *drawn])
                     if 0 <= (t - start) // plan_every < len(rec.seen)}
     for e in events:

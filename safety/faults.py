@@ -213,14 +213,15 @@ def inject_closed_loop(scenarios: Sequence[Scenario], planner_factory: Any, faul
         mons = _monitors(monitors, clock)
         faulty = FaultyPlanner(planner_factory(), fault, every, clock, plan_every, seed + i, horizon_s=horizon_s,
                                start=batch.history_steps, last=last)
-        deadline = next((m for m in mons if m.name == "deadline"), None)
+        deadline: Any = next((m for m in mons if m.name == "deadline"), None)
         driven: Any = deadline.timed(faulty) if deadline is not None else faulty
         with make_simulator("builtin", agents="log") as sim, torch.no_grad():
             result = rollout(sim, batch, driven, monitors=[Perceived(m, faulty) for m in mons],
-                             fallback=ComfortableStopPlanner(), plan_every=plan_every, record_plans=False)
+                             plan_every=plan_every, record_plans=False)  # fallback: the comfortable stop
         names = list(result.monitor_names)
         false_alarms = false_alarms or {n: 0 for n in names}
         start = result.start_step
+        assert result.vetoes is not None and result.fallback_used is not None  # recorded with monitors
         vetoes, fb_used = result.vetoes.cpu().numpy(), result.fallback_used.cpu().numpy()
         T = vetoes.shape[1]
         stats = {"injections": 0, "hazardous": 0, "vetoed": 0, "fallback_drove_at_vetoed": 0,
