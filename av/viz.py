@@ -367,3 +367,68 @@ def _signed_area(ring: np.ndarray) -> float:
     """Shoelace area of a ring ``[M, 2]``: positive when counter-clockwise."""
     x, y = ring[:, 0], ring[:, 1]
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+
+
+def render_attribution(
+    scenario: Scenario,
+    out: str | Path,
+    ego: np.ndarray,
+    agents: np.ndarray,
+    agent_sizes: np.ndarray,
+    agent_valid: np.ndarray,
+    agent_weight: np.ndarray,
+    lanes: np.ndarray,
+    lane_weight: np.ndarray,
+    plan: np.ndarray | None = None,
+    title: str = "",
+) -> Path:
+    """A PNG bird's-eye view of what a planner attended to at one step (local frame, metres).
+
+    ``ego`` ``[5]`` rear-axle state; ``agents`` ``[N, 5]`` box centres of ``agent_sizes``
+    ``[N, 2]`` (length, width) with ``agent_valid`` bool ``[N]`` and ``agent_weight`` ``[N]``
+    (attribution, >= 0; agents are shaded red by it and the top three labelled with their
+    share); ``lanes`` ``[L, P, 2]`` centrelines drawn with width and colour by ``lane_weight``
+    ``[L]``; ``plan`` ``[H, 2]`` the plan. Written atomically; returns ``out``.
+    """
+    from matplotlib import colormaps
+
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise AvError(f"{out}: attribution picture must end in .png")
+    fig = Figure(figsize=(PANEL_IN, PANEL_IN))
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.02, 0.02, 0.96, 0.9))
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(textwrap.fill(title, 70), fontsize=8)
+    _draw_map(ax, scenario.map, scenario.route)
+    aw = np.where(agent_valid, np.nan_to_num(agent_weight), 0.0)
+    lw = np.nan_to_num(lane_weight)
+    top = max(float(aw.max(initial=0.0)), float(lw.max(initial=0.0)), 1e-12)
+    reds, blues = colormaps["Reds"], colormaps["Blues"]
+    segs = [lane for lane, w in zip(lanes, lw, strict=True) if w > 0]
+    weights = lw[lw > 0] / top
+    ax.add_collection(LineCollection(segs, colors=[blues(0.35 + 0.65 * w) for w in weights],
+                                     linewidths=[1.0 + 5.0 * w for w in weights], zorder=3))
+    corners = _agent_corners(agents[:, None], agent_sizes)[:, 0]  # [N, 4, 2]
+    shown = np.flatnonzero(agent_valid)
+    ax.add_collection(PolyCollection(list(corners[shown]), facecolors=[reds(0.15 + 0.85 * aw[i] / top) for i in shown],
+                                     edgecolors="k", linewidths=0.5, zorder=4))
+    for rank, i in enumerate(shown[np.argsort(-aw[shown])][:3]):
+        if aw[i] > 0:
+            ax.annotate(f"#{rank + 1} {aw[i] / aw.sum():.0%}", agents[i, :2], fontsize=7, zorder=10,
+                        xytext=(4, 4), textcoords="offset points")
+    ax.add_patch(Polygon(_ego_corners(ego[None], scenario.ego_vehicle)[0], fc=EGO_COLOR, ec="k", lw=0.8, zorder=8))
+    if plan is not None:
+        p = plan[np.isfinite(plan).all(axis=1)]
+        ax.plot(p[:, 0], p[:, 1], color=PLAN_COLOR, lw=1.5, marker=".", ms=2.5, zorder=7)
+    centre = ego[:2] + VIEW_AHEAD * np.array([np.cos(ego[YAW]), np.sin(ego[YAW])])
+    half = 0.5 * VIEW_SIZE
+    ax.set_xlim(centre[0] - half, centre[0] + half)
+    ax.set_ylim(centre[1] - half, centre[1] + half)
+    _scale_bar(ax)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=PNG_DPI, facecolor="white")
+    atomic_write_bytes(out, buf.getvalue())
+    return out

@@ -61,7 +61,9 @@ def rollout(
     :func:`av.observe.observe` under ``spec`` (default: :func:`observation_spec` of the planner),
     and with the logged futures too where ``planner.privileged``. Each of ``monitors`` judges
     every plan; where any vetoes, ``fallback`` (default: a comfortable stop along the route,
-    :class:`av.fallback.ComfortableStopPlanner`) plans instead. The loop runs until the longest
+    :class:`av.fallback.ComfortableStopPlanner`) plans instead. A monitor with a ``timed``
+    method (the deadline watchdog) is given the planner to time, unless the planner is already
+    timed by it. The loop runs until the longest
     scenario ends; steps past a scenario's end are masked out of the rollout (``step_valid``).
 
     Returns the :class:`Rollout` with, per step, which monitors vetoed and whether the fallback
@@ -71,6 +73,9 @@ def rollout(
         raise AvError(f"plan_every must be >= 1, got {plan_every}")
     spec = (spec or observation_spec(planner)).validate()
     monitors = tuple(monitors)
+    for m in monitors:  # a deadline watchdog times the planner it supervises (unless it already does)
+        if callable(getattr(m, "timed", None)) and getattr(planner, "watchdog", None) is not m:
+            planner = m.timed(planner)
     if monitors and fallback is None:
         fallback = ComfortableStopPlanner()
     state = simulator.reset(batch)

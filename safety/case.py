@@ -3,8 +3,8 @@
 Top claim: the student planner with its runtime monitors and fallback is acceptably safe against
 the recorded hazards. It splits into one claim per safety goal, argued over the requirements
 that refine it (and, where the goal is decomposed, over the ASIL decomposition with its
-dependent-failure analysis), plus a claim that the monitors are diverse and one that the
-traceability is complete. Every evidence item names its run (the JUnit file, eval summary, or the
+dependent-failure analysis), plus a claim that the monitors are diverse, one that the
+traceability is complete and one on the code (lint, type check, coverage; :mod:`safety.evidence`). Every evidence item names its run (the JUnit file, eval summary, or the
 analysis), its date and its result; a claim is ``supported`` only when all its evidence is good
 and its sub-claims are supported.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Sequence
 
 from safety.diversity import StaticDiversity
 from safety.trace import Trace, Verification
@@ -64,8 +64,9 @@ def _evidence(v: Verification, now: str) -> Evidence:
 
 
 def build_case(trace: Trace, static: StaticDiversity, problems: list[str], empirical: dict | None = None,
-               now: datetime | None = None) -> Claim:
-    """The claim tree of the project's safety case."""
+               now: datetime | None = None, code: Sequence[Evidence] | None = None) -> Claim:
+    """The claim tree of the project's safety case; ``code``: the lint, type-check and coverage
+    evidence of :func:`safety.evidence.code_evidence` (``None``: not produced, the claim stays open)."""
     stamp = (now or datetime.now(timezone.utc)).replace(microsecond=0).isoformat()
     r = trace.records
 
@@ -111,7 +112,13 @@ def build_case(trace: Trace, static: StaticDiversity, problems: list[str], empir
     qm = tuple(req_claim(q.id) for q in r.requirements if q.parent is None)
     nominal = Claim("C-NOMINAL", "The student performs acceptably in nominal closed-loop driving (QM)",
                     "closed-loop metric thresholds on the evaluation run", (), qm) if qm else None
-    top_kids = tuple(goals) + (diversity, tracing) + ((nominal,) if nominal else ())
+    code_ev = tuple(code) if code is not None else (
+        Evidence("lint, type check and test coverage of the safety-relevant code: not produced", "av safety evidence",
+                 "", "not run"),)
+    code_claim = Claim("C-CODE", "The safety-relevant code (runtime monitors, vehicle runtime, evaluator) is "
+                       "lint-clean, type-correct and covered by tests", "the tools are run on that code and their "
+                       "results recorded (tool, version, date, result)", code_ev)
+    top_kids = tuple(goals) + (diversity, tracing, code_claim) + ((nominal,) if nominal else ())
     return Claim("C-0", "The student planner, with its runtime monitors and fallback, is acceptably safe against "
                  f"the hazards {', '.join(h.id for h in r.hazards)}",
                  "argued over the safety goals (one per hazard group), the independence of the monitors and the "

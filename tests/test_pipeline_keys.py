@@ -20,7 +20,7 @@ from scenarios.store import write_store
 from conftest import build_scenario
 
 STAGES = ("data", "import", "eval", "variants")
-ARGS = ["--drives", "1", "--planners", "constant_velocity", "--variants-per-scenario", "1",
+ARGS = ["--drives", "1", "--planners", "constant_velocity", "--variants-per-scenario", "1", "--no-safety",
         "--adversarial-budget", "0", "--pictures", "0", "--worst", "0", "--no-learned"]
 
 

@@ -7,7 +7,9 @@ planner's CLS-NR while PDM-Closed still solves them) -> ``teacher`` (``av train 
 the drives and their variants) -> ``distill`` (``av distill``: the student) -> ``export``
 (``av export onnx``: the student as ONNX with its parity-checked manifest) -> ``eval`` (every
 baseline planner, the teacher and the student in closed loop with log-replay and reactive
-agents: results, summary, HTML report). ``--no-learned`` leaves out teacher, distill and export.
+agents: results, summary, HTML report) -> ``safety`` (closed-loop fault injection over the
+drives and variants with the monitors and fallback in the loop, monitor diversity, the safety
+case). ``--no-learned`` leaves out teacher, distill and export; ``--no-safety`` the safety stage.
 
 Each stage records its inputs (settings, seeds, the content digest of the store or checkpoint
 it reads, the package version) in ``OUT/stages/<stage>.json`` (:class:`av.keys.Manifest`) and
@@ -58,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the teacher's search replans every k 10 Hz steps in the eval stage (default: 10, 1 Hz)")
     p.add_argument("--labeller", choices=("search", "network"), default="network",
                    help="distillation labels: the teacher's search or its network (default: network)")
+    p.add_argument("--safety", action=argparse.BooleanOptionalAction, default=True,
+                   help="closed-loop fault injection, monitor diversity and the safety case (default: on)")
     p.add_argument("--force", action="store_true", help="redo every stage even if its inputs are unchanged")
     p.set_defaults(func=run)
 
@@ -234,8 +238,29 @@ def run(args: argparse.Namespace) -> int:
         write_report(evaldir)
 
     stage(out, "eval", [evaldir], {**scenes, "runs": inputs}, args.force, evaluate, incremental=True)
+    if args.safety:
+        _safety(out, args, variants, evaldir)
     _print_summary(evaldir, store_count(store))
     return 0
+
+
+def _safety(out: Path, args: argparse.Namespace, variants: Path, evaldir: Path) -> None:
+    """Stage ``safety``: closed-loop fault injection over the drives and their variants, monitor
+    diversity and the safety case (:func:`av.cli.safety.safety_stage`), keyed by the variants
+    store (which holds the drives too), the eval summary and the seed."""
+    from av.cli.safety import safety_stage
+    from av.keys import file_digest, tree_digest
+
+    safety = out / "safety"
+    settings = {"planner": "idm", "every_s": 2.0, "plan_every": 10}  # 1 Hz planning: a fast stage
+
+    def run_safety() -> None:
+        s = safety_stage([variants], evaldir, safety, args.seed, **settings)
+        console.print(f"safety: {s['hazardous_events']} hazardous events over {s['drives']} drives, "
+                      f"injected plans vetoed: {s['injected_plans_vetoed_by_any']}")
+
+    stage(out, "safety", [safety], {"store_digest": tree_digest(variants), "seed": args.seed, **settings,
+                                    "eval_summary": file_digest(evaldir / "summary.json")}, args.force, run_safety)
 
 
 def _learned(out: Path, args: argparse.Namespace, store: Path, variants: Path
