@@ -60,9 +60,7 @@ from closedloop.finetune_config import FinetuneConfig
 from closedloop.driver import rollout
 from closedloop.evaluator import evaluate
 from closedloop.rollout import Rollout
-# distill.data._future_index (H2a's) maps the logged future to the networks' output steps; it is
-# used here as is rather than copied (a public name for it would be welcome).
-from distill.data import EpochShuffle, SampleSet, _future_index
+from distill.data import EpochShuffle, SampleSet, future_index
 from distill.labels import Labels
 
 SCHEMA_VERSION = 1
@@ -201,7 +199,7 @@ def visited_states(ro: Rollout, spec: ObservationSpec, horizon: int, teacher: An
                                     agent_valid=ro.agent_valid)
     tspec = teacher.observation_spec
     cache, tcache = prepare_map(batch, spec), prepare_map(batch, tspec)
-    index = _future_index(batch.dt, horizon, spec.future_steps)
+    index = future_index(batch.dt, horizon, spec.future_steps)
     last = batch.step_valid.long().sum(1) - 1
     parts: dict[str, list[Tensor]] = {n: [] for n in STATE_NAMES}
     ids: list[tuple[str, int]] = []

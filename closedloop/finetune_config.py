@@ -60,7 +60,3 @@ class FinetuneConfig:
 
     def backend(self) -> RayBackend | None:
         return RayBackend(self.ray, self.ray_cpus, self.max_retries) if self.ray else None
-
-
-# --------------------------------------------------------------------------------------------
-# The mixing planner and one shard's work (runs in a Ray worker or in-process)
