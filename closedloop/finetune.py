@@ -342,11 +342,13 @@ def finetune_student(start: str, states: dict[str, Tensor], out: Path, config: F
     ``out`` (an interrupted fine-tuning resumes from its last epoch)."""
     from av.nets import load_network
     from av.nets.checkpoint import read_checkpoint
+    from distill.config import DistillLossConfig
     from distill.systems import DistillationSystem, OptimConfig
     from distill.train import TrainerConfig, fit
 
     pl.seed_everything(seed, workers=True, verbose=False)
-    system = DistillationSystem(load_network(start), optim=OptimConfig(lr=config.lr))
+    system = DistillationSystem(load_network(start), loss=DistillLossConfig(log_weight=config.log_weight),
+                                optim=OptimConfig(lr=config.lr))
     # The score head trained with the student comes along (a fresh one would pull the student's
     # embedding towards random scores); a checkpoint without one keeps the seeded fresh head.
     head = {k: v for k, v in read_checkpoint(start)["state_dict"].items() if k.startswith("score_head.")}
