@@ -17,8 +17,9 @@ Iteration ``i`` (1..N) of :func:`finetune`:
    the distillation system (:class:`distill.systems.DistillationSystem`, :func:`distill.train.fit`).
    Against forgetting what distillation taught (it cost the held-out drives their score), the
    aggregate also holds the logged states of the training drives relabelled by the teacher (the
-   distillation data, ``logged_states``), the learning rate is low, and each iteration starts
-   from the best student so far by the selection score below (``from_best``), not the last.
+   distillation data, ``logged_states``), the loss keeps a regression to the logged future
+   (``log_weight``), the learning rate is low, and each iteration starts from the best student so
+   far by the selection score below (``from_best``), not the last.
 4. **Evaluate** the new student on the training drives, the hard variants (mined around the
    starting student's failures) and the held-out drives, non-reactive and reactive.
 5. **Mine**: the training drives the student still fails (CLS below ``fail_below`` in either mode)

@@ -25,8 +25,9 @@ class FinetuneConfig:
     epochs: int = field(default=10, metadata={"help": "fine-tuning epochs per iteration"})
     batch_size: int = field(default=64, metadata={"help": "states per training step"})
     lr: float = field(default=3e-4, metadata={"help": "fine-tuning learning rate (AdamW)"})
-    log_weight: float = field(default=0.0, metadata={
-        "help": "weight of the regression to the logged future in the fine-tuning loss (distillation's --log-weight)"})
+    log_weight: float = field(default=1.0, metadata={
+        "help": "weight of the regression to the logged future in the fine-tuning loss (distillation's --log-weight); "
+                "it keeps the student near the human drive where the teacher's search labels are poor"})
     logged_states: bool = field(default=True, metadata={
         "help": "the logged states of the training drives, relabelled by the teacher (the distillation data), "
                 "join the aggregate, so the student keeps what it learned on them"})
