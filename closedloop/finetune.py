@@ -470,6 +470,12 @@ def finetune(stores: Sequence[str], student: str, teacher: dict[str, Any], out: 
     by_id = {s.id: s for s in [*train, *hard, *heldout]}
     fixed = fixed_failures(json.loads((_iter_dir(run, 0) / "eval.json").read_text()),
                            json.loads((_iter_dir(run, last) / "eval.json").read_text()), config.fail_below)
+    seen: set[str] = set()
+    first, again = [], []  # one agent mode per scenario is drawn before a second mode of any
+    for f in fixed:
+        (again if f["scenario_id"] in seen else first).append(f)
+        seen.add(f["scenario_id"])
+    fixed = first + again
     drawn = render_fixed(run, fixed[:config.gifs], by_id, {0: student, last: _student_of(run, last, student)}, config)
     fixed = drawn + [{**f, "gifs": []} for f in fixed[config.gifs:]]
     report = {"schema_version": SCHEMA_VERSION, "train_scenarios": len(train), "heldout_scenarios": len(heldout),
