@@ -15,6 +15,11 @@ Iteration ``i`` (1..N) of :func:`finetune`:
    tasks (:mod:`closedloop.distributed`), with identical results.
 3. **Aggregate** the states of every iteration so far and **fine-tune** the student on them with
    the distillation system (:class:`distill.systems.DistillationSystem`, :func:`distill.train.fit`).
+   Against forgetting what distillation taught (it cost the held-out drives their score), the
+   aggregate also holds the logged states of the training drives relabelled by the teacher (the
+   distillation data, ``logged_states``), the loss keeps a regression to the logged future
+   (``log_weight``), the learning rate is low, and each iteration starts from the best student so
+   far by the selection score below (``from_best``), not the last.
 4. **Evaluate** the new student on the training drives, the hard variants (mined around the
    starting student's failures) and the held-out drives, non-reactive and reactive.
 5. **Mine**: the training drives the student still fails (CLS below ``fail_below`` in either mode)
@@ -26,7 +31,10 @@ mined variants (``variants/``); it is built in ``RUN/iter-NNN.partial/`` and ren
 so a killed run continues from the last completed iteration (and inside the interrupted one from
 its saved states and its last training epoch) with the result it would have had: everything is
 seeded per iteration. ``RUN/report.json`` / ``report.html`` / ``scores.png`` give the scores per
-iteration and the best iteration, chosen on the training drives and hard variants only.
+iteration and set, the best iteration (the selection score: mean CLS-NR and CLS-R on the training
+drives and hard variants only, never the held-out drives; iteration 0 included), and GIFs of the
+failures fixed (``RUN/fixed/``: rollouts that failed at iteration 0 and pass at the last, before
+and after).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -48,7 +57,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from av.batch import collate
+from av.batch import ScenarioBatch, collate
 from av.errors import AvError
 from av.features import FEATURE_NAMES, encode
 from av.fileio import atomic_write_bytes, atomic_write_json
@@ -58,11 +67,9 @@ from av.types import Scenario
 from closedloop.distributed import RayBackend, map_shards
 from closedloop.finetune_config import FinetuneConfig
 from closedloop.driver import rollout
-from closedloop.evaluator import evaluate
+from closedloop.evaluator import evaluate, reasons
 from closedloop.rollout import Rollout
-# distill.data._future_index (H2a's) maps the logged future to the networks' output steps; it is
-# used here as is rather than copied (a public name for it would be welcome).
-from distill.data import EpochShuffle, SampleSet, _future_index
+from distill.data import EpochShuffle, SampleSet, future_index
 from distill.labels import Labels
 
 SCHEMA_VERSION = 1
@@ -120,7 +127,8 @@ class ShardJob:
     """One shard: roll ``student`` (checkpoint path) out over ``scenarios`` with ``agents``
     background agents, the teacher (:class:`~closedloop.planners.teacher.TeacherSettings` values
     ``teacher``) driving with probability ``beta``; score the rollouts; with ``collect`` also
-    relabel the visited states every ``label_stride`` steps."""
+    relabel the visited states every ``label_stride`` steps. With ``replay`` nothing is simulated
+    or scored: the logged drives' own states are relabelled (the distillation data)."""
 
     scenarios: tuple[Scenario, ...]
     agents: str
@@ -131,6 +139,7 @@ class ShardJob:
     collect: bool
     plan_every: int
     label_stride: int
+    replay: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,12 @@ def run_shard(job: ShardJob) -> ShardResult:
     try:
         student = StudentPlanner(StudentSettings(checkpoint=job.student))
         batch = collate(list(job.scenarios))
+        if job.replay:
+            with torch.no_grad():
+                states, steps = relabel_states(batch, batch, batch.history_steps, student.observation_spec,
+                                               student.network.config.horizon, _teacher(job.teacher),
+                                               job.label_stride)
+            return ShardResult({}, (), states, tuple((sid, "replay", t) for sid, t in steps))
         coins = teacher_coins(batch.ids, job.agents, job.seed, job.beta)
         teacher = _teacher(job.teacher) if job.collect or bool(coins.any()) else None
         if teacher is not None and teacher.network is not None and teacher.observation_spec != student.observation_spec:
@@ -183,31 +198,39 @@ def run_shard(job: ShardJob) -> ShardResult:
         torch.set_num_threads(threads)
 
 
-@torch.no_grad()
 def visited_states(ro: Rollout, spec: ObservationSpec, horizon: int, teacher: Any, stride: int
                    ) -> tuple[dict[str, Tensor], list[tuple[str, int]]]:
-    """The states a rollout reached, as training samples relabelled by ``teacher``.
+    """The states a rollout reached, relabelled by ``teacher`` (:func:`relabel_states` of the
+    simulated history ``ro.ego``, ``ro.agents`` from the rollout's start)."""
+    batch = ro.scenario
+    simulated = dataclasses.replace(batch, ego=ro.ego.to(batch.ego), agents=ro.agents.to(batch.agents),
+                                    agent_valid=ro.agent_valid)
+    return relabel_states(batch, simulated, ro.start_step, spec, horizon, teacher, stride)
 
-    Every ``stride`` steps from the rollout's start while a logged step follows, the simulated
-    history (``ro.ego``, ``ro.agents``) is observed as the driver does (``spec``; the teacher's
-    own spec for its labels) and encoded (:func:`av.features.encode`). Returns tensors keyed by
+
+@torch.no_grad()
+def relabel_states(batch: ScenarioBatch, simulated: ScenarioBatch, start: Tensor, spec: ObservationSpec,
+                   horizon: int, teacher: Any, stride: int) -> tuple[dict[str, Tensor], list[tuple[str, int]]]:
+    """States of ``simulated`` (``batch`` with the ego and agents as driven) as training samples
+    relabelled by ``teacher``.
+
+    Every ``stride`` steps from ``start`` (long ``[B]``) while a logged step follows, the driven
+    history is observed as the driver does (``spec``; the teacher's own spec for its labels)
+    and encoded (:func:`av.features.encode`). Returns tensors keyed by
     :data:`STATE_NAMES`: the features, ``target`` ``[S, horizon, 3]`` / ``target_valid`` (the
     logged ego future in the simulated ego frame, m and rad) and the teacher's ``plan``
     ``[S, horizon, 3]``, ``proposals`` ``[S, K, horizon, 3]``, ``scores`` ``[S, K]`` (cut to the
     student's ``horizon``); and the ``(scenario id, step)`` of each state.
     """
-    batch = ro.scenario
-    simulated = dataclasses.replace(batch, ego=ro.ego.to(batch.ego), agents=ro.agents.to(batch.agents),
-                                    agent_valid=ro.agent_valid)
     tspec = teacher.observation_spec
     cache, tcache = prepare_map(batch, spec), prepare_map(batch, tspec)
-    index = _future_index(batch.dt, horizon, spec.future_steps)
+    index = future_index(batch.dt, horizon, spec.future_steps)
     last = batch.step_valid.long().sum(1) - 1
     parts: dict[str, list[Tensor]] = {n: [] for n in STATE_NAMES}
     ids: list[tuple[str, int]] = []
     k = 0
     while True:
-        t = ro.start_step + k * stride
+        t = start + k * stride
         keep = t < last
         if not bool(keep.any()):
             break
@@ -239,20 +262,25 @@ def _shards(scenarios: Sequence[Scenario], size: int) -> list[tuple[Scenario, ..
 
 
 def collect_states(scenarios: Sequence[Scenario], student: str, teacher: dict[str, Any], config: FinetuneConfig,
-                   iteration: int, backend: RayBackend | None
+                   iteration: int, backend: RayBackend | None, logged: Sequence[Scenario] = ()
                    ) -> tuple[dict[str, Tensor], list[tuple[str, str, int]], dict[str, int]]:
     """Roll the student (mixed with the teacher at ``config.beta_at(iteration)``) over
-    ``scenarios`` in every agent mode, relabel the visited states; returns the concatenated
-    states, their ids and statistics (teacher-driven rollouts, training-rollout scores)."""
-    jobs = [ShardJob(shard, agents, student, teacher, config.beta_at(iteration), config.seed * 1000 + iteration,
-                     True, config.plan_every, config.label_stride)
+    ``scenarios`` in every agent mode, relabel the visited states, and relabel the logged
+    states of the drives ``logged`` (replayed, not simulated); returns the concatenated states,
+    their ids and statistics (rollouts, teacher-driven rollouts, states, logged states)."""
+    seed = config.seed * 1000 + iteration
+    jobs = [ShardJob(shard, agents, student, teacher, config.beta_at(iteration), seed, True, config.plan_every,
+                     config.label_stride)
             for agents in config.agent_modes() for shard in _shards(scenarios, config.shard_size)]
+    jobs += [ShardJob(shard, "log", student, teacher, 0.0, seed, True, config.plan_every, config.label_stride,
+                      replay=True) for shard in _shards(logged, config.shard_size)]
     results = map_shards(run_shard, jobs, backend)
     parts = [r.states for r in results if r.states]
     states = {n: torch.cat([p[n] for p in parts]) for n in STATE_NAMES} if parts else {}
     ids = [i for r in results for i in r.state_ids]
-    stats = {"rollouts": sum(len(j.scenarios) for j in jobs),
-             "teacher_driven": sum(len(r.teacher_driven) for r in results), "states": len(ids)}
+    stats = {"rollouts": sum(len(j.scenarios) for j in jobs if not j.replay),
+             "teacher_driven": sum(len(r.teacher_driven) for r in results), "states": len(ids),
+             "logged_states": sum(1 for i in ids if i[1] == "replay")}
     return states, ids, stats
 
 
@@ -315,11 +343,13 @@ def finetune_student(start: str, states: dict[str, Tensor], out: Path, config: F
     ``out`` (an interrupted fine-tuning resumes from its last epoch)."""
     from av.nets import load_network
     from av.nets.checkpoint import read_checkpoint
+    from distill.config import DistillLossConfig
     from distill.systems import DistillationSystem, OptimConfig
     from distill.train import TrainerConfig, fit
 
     pl.seed_everything(seed, workers=True, verbose=False)
-    system = DistillationSystem(load_network(start), optim=OptimConfig(lr=config.lr))
+    system = DistillationSystem(load_network(start), loss=DistillLossConfig(log_weight=config.log_weight),
+                                optim=OptimConfig(lr=config.lr))
     # The score head trained with the student comes along (a fresh one would pull the student's
     # embedding towards random scores); a checkpoint without one keeps the seeded fresh head.
     head = {k: v for k, v in read_checkpoint(start)["state_dict"].items() if k.startswith("score_head.")}
@@ -423,7 +453,8 @@ def finetune(stores: Sequence[str], student: str, teacher: dict[str, Any], out: 
             done = _iter_dir(run, i)
             if not (done / "iteration.json").is_file():
                 _say(config, f"iteration {i}: {'evaluating the starting student' if i == 0 else 'running'}")
-                _run_iteration(run, i, train, heldout, hard, pool_variants, student, teacher, config, backend)
+                _run_iteration(run, i, train, heldout, hard, pool_variants, student, teacher, config, backend,
+                               history)
             summary = json.loads((done / "iteration.json").read_text())
             variants = read_store(done / "variants") if (done / "variants").is_dir() else []
             if i == 0:
@@ -434,15 +465,82 @@ def finetune(stores: Sequence[str], student: str, teacher: dict[str, Any], out: 
     finally:
         if backend is not None:
             backend.close()
-    best = max(history[1:], key=lambda h: (_selection_score(h), -h["iteration"]), default=history[0])
+    best = _best(history)
+    last = config.iterations
+    by_id = {s.id: s for s in [*train, *hard, *heldout]}
+    fixed = fixed_failures(json.loads((_iter_dir(run, 0) / "eval.json").read_text()),
+                           json.loads((_iter_dir(run, last) / "eval.json").read_text()), config.fail_below)
+    seen: set[str] = set()
+    first, again = [], []  # one agent mode per scenario is drawn before a second mode of any
+    for f in fixed:
+        (again if f["scenario_id"] in seen else first).append(f)
+        seen.add(f["scenario_id"])
+    fixed = first + again
+    drawn = render_fixed(run, fixed[:config.gifs], by_id, {0: student, last: _student_of(run, last, student)}, config)
+    fixed = drawn + [{**f, "gifs": []} for f in fixed[config.gifs:]]
     report = {"schema_version": SCHEMA_VERSION, "train_scenarios": len(train), "heldout_scenarios": len(heldout),
               "heldout_scenes": list(held), "hard_variants": len(hard), "iterations": history,
-              "final_student": str(_iter_dir(run, config.iterations) / "student.ckpt"),
-              "best_iteration": best["iteration"],
-              "best_student": str(_iter_dir(run, best["iteration"]) / "student.ckpt") if best["iteration"] else student}
+              "final_student": _student_of(run, last, student), "best_iteration": best["iteration"],
+              "best_student": _student_of(run, best["iteration"], student), "fixed_failures": fixed}
     atomic_write_json(run / "report.json", report)
     write_report(run, report)
     return report
+
+
+def fixed_failures(first: dict[str, Any], last: dict[str, Any], fail_below: float) -> list[dict[str, Any]]:
+    """The rollouts that failed (CLS below ``fail_below``) in ``first`` and pass in ``last``
+    (``eval.json`` values: set -> agent mode -> scenario id -> metrics), the largest gain first:
+    ``{"set", "agents", "scenario_id", "cls_before", "cls_after"}``."""
+    out = []
+    for name in EVAL_SETS:
+        for agents, scores in first.get(name, {}).items():
+            after = last.get(name, {}).get(agents, {})
+            for sid, v in scores.items():
+                if sid in after and v["cls"] < fail_below <= after[sid]["cls"]:
+                    out.append({"set": name, "agents": agents, "scenario_id": sid,
+                                "cls_before": v["cls"], "cls_after": after[sid]["cls"]})
+    return sorted(out, key=lambda f: (f["cls_before"] - f["cls_after"], f["set"], f["agents"], f["scenario_id"]))
+
+
+def render_fixed(run: Path, fixed: list[dict[str, Any]], scenarios: dict[str, Scenario], students: dict[int, str],
+                 config: FinetuneConfig) -> list[dict[str, Any]]:
+    """Draw each fixed failure (:func:`fixed_failures`) as driven by the students ``{iteration:
+    checkpoint}`` (the first and the last) to ``RUN/fixed/<scenario>-<agents>-iterNNN.gif``
+    (:func:`av.viz.render_rollout`, the plans and the reasons it lost points on the picture);
+    a GIF already there is kept. Returns ``fixed`` with ``gifs`` (paths relative to ``run``)."""
+    from av.viz import render_rollout
+    from closedloop.planners.learned import StudentPlanner, StudentSettings
+    from closedloop.sim import make_simulator
+
+    out = []
+    for f in fixed:
+        scenario, gifs = scenarios[f["scenario_id"]], []
+        for it, checkpoint in sorted(students.items()):
+            rel = f"fixed/{re.sub(r'[^A-Za-z0-9._-]+', '_', scenario.id)}-{f['agents']}-iter{it:03d}.gif"
+            gifs.append(rel)
+            if (run / rel).is_file():
+                continue
+            planner = StudentPlanner(StudentSettings(checkpoint=checkpoint))
+            with torch.no_grad(), make_simulator("builtin", agents=f["agents"]) as sim:
+                ro = rollout(sim, collate([scenario]), planner, plan_every=config.eval_plan_every, record_plans=True)
+                values = evaluate(ro, threads=None)
+            why = reasons(values)[0]
+            render_rollout(scenario, run / rel, ro.ego[0].cpu().numpy(), ro.agents[0].cpu().numpy(),
+                           ro.agent_valid[0].cpu().numpy(), title=f"iteration {it}, {f['agents']} agents, "
+                           f"CLS {float(values['cls'][0]):.2f}", planned=ro.planned[0].cpu().numpy(),
+                           highlight="; ".join(why.split("; ")[:2]))
+        out.append({**f, "gifs": gifs})
+    return out
+
+
+def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The iteration (0: the starting student) with the highest :func:`_selection_score`, the
+    earliest among equals."""
+    return max(history, key=lambda h: (_selection_score(h), -h["iteration"]))
+
+
+def _student_of(run: Path, iteration: int, start_student: str) -> str:
+    return str(_iter_dir(run, iteration) / "student.ckpt") if iteration else start_student
 
 
 def _selection_score(summary: dict[str, Any]) -> float:
@@ -461,8 +559,9 @@ def _line(summary: dict[str, Any]) -> str:
 
 def _run_iteration(run: Path, i: int, train: list[Scenario], heldout: list[Scenario], hard: list[Scenario],
                    pool_variants: list[Scenario], start_student: str, teacher: dict[str, Any], config: FinetuneConfig,
-                   backend: RayBackend | None) -> None:
-    """Build ``RUN/iter-NNN`` in ``RUN/iter-NNN.partial`` (kept across kills) and rename it."""
+                   backend: RayBackend | None, history: list[dict[str, Any]]) -> None:
+    """Build ``RUN/iter-NNN`` in ``RUN/iter-NNN.partial`` (kept across kills) and rename it.
+    ``history``: the summaries of iterations ``0..i-1``."""
     from scenarios.store import write_store
 
     work = run / f"iter-{i:03d}.partial"
@@ -472,11 +571,13 @@ def _run_iteration(run: Path, i: int, train: list[Scenario], heldout: list[Scena
     if i == 0:
         checkpoint = start_student
     else:
-        previous = start_student if i == 1 else str(_iter_dir(run, i - 1) / "student.ckpt")
+        start = _best(history) if config.from_best else history[-1]
+        previous = _student_of(run, start["iteration"], start_student)
         pool = sorted([*train, *pool_variants], key=lambda s: s.id)
         entry = _load_states(work / "states.pt")
         if entry is None:
-            states, ids, stats = collect_states(pool, previous, teacher, config, i, backend)
+            logged = train if i == 1 and config.logged_states else []
+            states, ids, stats = collect_states(pool, previous, teacher, config, i, backend, logged)
             _save_states(work / "states.pt", states, ids, stats)
             entry = _load_states(work / "states.pt")
         parts = [entry["states"]] + [_load_states(_iter_dir(run, j) / "states.pt")["states"] for j in range(1, i)]
@@ -485,7 +586,8 @@ def _run_iteration(run: Path, i: int, train: list[Scenario], heldout: list[Scena
             raise AvError("the rollouts visited no state to relabel (scenarios shorter than their history?)")
         aggregated = {n: torch.cat([p[n] for p in parts]) for n in STATE_NAMES}
         checkpoint = str(finetune_student(previous, aggregated, work, config, config.seed * 1000 + i))
-        summary.update({"beta": config.beta_at(i), "pool": len(pool), **entry["stats"],
+        summary.update({"beta": config.beta_at(i), "started_from": start["iteration"], "pool": len(pool),
+                        **entry["stats"],
                         "aggregated_states": len(aggregated["ego"])})
     sets = {"train": train, "hard": hard, "heldout": heldout}
     scores = evaluate_student({k: v for k, v in sets.items() if v}, checkpoint, config, backend)
@@ -546,10 +648,23 @@ def write_report(run: Path, report: dict[str, Any]) -> None:
             f"{report['heldout_scenarios']} held out ({', '.join(report['heldout_scenes']) or 'none'}), "
             f"{report['hard_variants']} hard variants. Best iteration on the training drives and hard variants: "
             f"{report['best_iteration']}.</p><img src='scores.png'>"
-            f"<table border='1' cellspacing='0' cellpadding='3'><tr>{head}</tr>{''.join(rows)}</table></body></html>")
+            f"<table border='1' cellspacing='0' cellpadding='3'><tr>{head}</tr>{''.join(rows)}</table>"
+            f"{_fixed_section(report['fixed_failures'])}</body></html>")
     atomic_write_bytes(run / "report.html", html.encode())
 
 
+def _fixed_section(fixed: list[dict[str, Any]]) -> str:
+    from html import escape
+
+    if not fixed:
+        return "<h2>Failures fixed</h2><p>No rollout that failed at iteration 0 passes at the last.</p>"
+    items = "".join(
+        f"<h3>{escape(f['scenario_id'])} ({f['set']}, {f['agents']} agents): CLS {f['cls_before']:.2f} &rarr; "
+        f"{f['cls_after']:.2f}</h3>" + "".join(f"<img src='{escape(g)}' width='420'>" for g in f["gifs"])
+        for f in fixed)
+    return f"<h2>Failures fixed (failed at iteration 0, pass at the last; before and after)</h2>{items}"
+
+
 __all__ = ["FinetuneConfig", "MixingPlanner", "ShardJob", "ShardResult", "StatesDataModule", "collect_states",
-           "evaluate_student", "finetune", "finetune_student", "run_shard", "summarize", "teacher_coins",
-           "visited_states"]
+           "evaluate_student", "finetune", "finetune_student", "fixed_failures", "relabel_states", "render_fixed",
+           "run_shard", "summarize", "teacher_coins", "visited_states"]

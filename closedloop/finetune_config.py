@@ -22,12 +22,23 @@ class FinetuneConfig:
     plan_every: int = field(default=2, metadata={"help": "planner calls every k steps in the training rollouts"})
     eval_plan_every: int = field(default=1, metadata={"help": "planner calls every k steps in the evaluations"})
     shard_size: int = field(default=8, metadata={"help": "scenarios per shard (one Ray task)"})
-    epochs: int = field(default=30, metadata={"help": "fine-tuning epochs per iteration"})
+    epochs: int = field(default=10, metadata={"help": "fine-tuning epochs per iteration"})
     batch_size: int = field(default=64, metadata={"help": "states per training step"})
-    lr: float = field(default=1e-3, metadata={"help": "fine-tuning learning rate (AdamW)"})
+    lr: float = field(default=3e-4, metadata={"help": "fine-tuning learning rate (AdamW)"})
+    log_weight: float = field(default=1.0, metadata={
+        "help": "weight of the regression to the logged future in the fine-tuning loss (distillation's --log-weight); "
+                "it keeps the student near the human drive where the teacher's search labels are poor"})
+    logged_states: bool = field(default=True, metadata={
+        "help": "the logged states of the training drives, relabelled by the teacher (the distillation data), "
+                "join the aggregate, so the student keeps what it learned on them"})
+    from_best: bool = field(default=True, metadata={
+        "help": "each iteration fine-tunes the best student so far (CLS on the training drives and hard "
+                "variants, iteration 0 included) rather than the last one"})
     fail_below: float = field(default=0.5, metadata={"help": "a drive with CLS below this (either mode) is a failure"})
     hardest: int = field(default=4, metadata={"help": "failed drives that get variants, per iteration"})
     per_failure: int = field(default=2, metadata={"help": "variants mined around each failed drive"})
+    gifs: int = field(default=4, metadata={
+        "help": "failures fixed (failed at iteration 0, pass at the last) drawn as GIFs in the report"})
     heldout_scenes: str = field(default="", metadata={
         "help": "scene names held out, comma-separated (default: the last scene name in sorted order)"})
     teacher_search_steps: int = field(default=40, metadata={"help": "teacher: 0.1 s steps each proposal is simulated"})
@@ -47,8 +58,8 @@ class FinetuneConfig:
             raise AvError(f"--beta and --beta-decay must be in [0, 1], got {self.beta}, {self.beta_decay}")
         if not self.agent_modes() or set(self.agent_modes()) - {"log", "idm"}:
             raise AvError(f"--agents must be log, idm or log,idm; got {self.agents!r}")
-        if self.hardest < 0 or self.per_failure < 0:
-            raise AvError("--hardest and --per-failure must be >= 0")
+        if self.hardest < 0 or self.per_failure < 0 or self.gifs < 0:
+            raise AvError("--hardest, --per-failure and --gifs must be >= 0")
         return self
 
     def agent_modes(self) -> tuple[str, ...]:
@@ -60,7 +71,3 @@ class FinetuneConfig:
 
     def backend(self) -> RayBackend | None:
         return RayBackend(self.ray, self.ray_cpus, self.max_retries) if self.ray else None
-
-
-# --------------------------------------------------------------------------------------------
-# The mixing planner and one shard's work (runs in a Ray worker or in-process)

@@ -97,7 +97,7 @@ def build_samples(scenarios: Sequence[Scenario], spec, horizon: int, stride: int
     for batch, t, keep in _states(scenarios, stride, chunk):
         if cached is None or cached[0] is not batch:
             cached = (batch, prepare_map(batch, spec))
-            index = _future_index(batch.dt, horizon, spec.future_steps)
+            index = future_index(batch.dt, horizon, spec.future_steps)
         obs = observe(batch, t, spec, cache=cached[1])
         feats = encode(obs)
         for name, x in zip(FEATURE_NAMES, feats.as_tuple()):
@@ -111,7 +111,7 @@ def build_samples(scenarios: Sequence[Scenario], spec, horizon: int, stride: int
     return {k: torch.cat(v) for k, v in parts.items()}, ids
 
 
-def _future_index(dt: float, horizon: int, future_steps: int) -> Tensor:
+def future_index(dt: float, horizon: int, future_steps: int) -> Tensor:
     """Indices into the logged future (``dt`` apart) of the output steps ``TRAJECTORY_DT`` apart."""
     ratio = TRAJECTORY_DT / dt
     if abs(ratio - round(ratio)) > 1e-6:

@@ -123,6 +123,10 @@ def test_a_killed_run_resumes_to_the_same_result(inputs, tmp_path: Path, monkeyp
     assert (tmp_path / "straight" / "report.html").is_file() and (tmp_path / "straight" / "scores.png").is_file()
     it = straight["iterations"][1]
     assert it["states"] > 0 and it["aggregated_states"] == it["states"] and it["beta"] == 0.5
+    # The logged states of the two training drives (30 steps, history 10, stride 5: t = 10..25) join.
+    assert it["logged_states"] == 2 * 4 and it["started_from"] == 0
+    assert "Failures fixed" in (tmp_path / "straight" / "report.html").read_text()
+    assert all(set(f) >= {"scenario_id", "cls_before", "cls_after", "gifs"} for f in straight["fixed_failures"])
     assert straight["heldout_scenes"] == ["scene-c"] and straight["train_scenarios"] == 2
     assert straight["best_iteration"] in (0, 1) and Path(straight["best_student"]).is_file()
 
@@ -168,3 +172,27 @@ def test_cli_refuses_a_run_with_other_settings_in_one_line(inputs, tmp_path: Pat
     assert "other settings" in capsys.readouterr().err
     assert main([*args[:-1], "--beta", "2"]) == 2
     assert "--beta" in capsys.readouterr().err
+
+
+def test_fixed_failures_are_the_rollouts_that_failed_first_and_pass_last() -> None:
+    def scores(**cls: float) -> dict:
+        return {"train": {"log": {k: {"cls": v} for k, v in cls.items()}}}
+
+    fixed = ft.fixed_failures(scores(a=0.0, b=0.2, c=0.9, d=0.1), scores(a=0.6, b=1.0, c=0.1, d=0.3), 0.5)
+    assert [(f["scenario_id"], f["cls_before"], f["cls_after"]) for f in fixed] == [("b", 0.2, 1.0), ("a", 0.0, 0.6)]
+    assert fixed[0]["set"] == "train" and fixed[0]["agents"] == "log"
+
+
+def test_render_fixed_draws_before_and_after_once(inputs, tmp_path: Path) -> None:
+    from scenarios.store import read_store
+
+    store, student = inputs
+    by_id = {s.id: s for s in read_store(store)}
+    fixed = [{"set": "train", "agents": "idm", "scenario_id": "a", "cls_before": 0.0, "cls_after": 1.0}]
+    out = ft.render_fixed(tmp_path, fixed, by_id, {0: str(student), 2: str(student)}, CONFIG)
+    assert out[0]["gifs"] == ["fixed/a-idm-iter000.gif", "fixed/a-idm-iter002.gif"]
+    for gif in out[0]["gifs"]:
+        assert (tmp_path / gif).read_bytes()[:6] == b"GIF89a"
+    when = (tmp_path / out[0]["gifs"][0]).stat().st_mtime_ns
+    assert ft.render_fixed(tmp_path, fixed, by_id, {0: str(student), 2: str(student)}, CONFIG) == out
+    assert (tmp_path / out[0]["gifs"][0]).stat().st_mtime_ns == when  # a resumed run does not redraw

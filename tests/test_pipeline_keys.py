@@ -188,6 +188,7 @@ def test_keep_runs_drops_results_of_other_inputs(three: Path, tmp_path: Path) ->
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--drives", "0"], "--drives must be >= 1"),
+    (["--finetune-iterations", "-1"], "--finetune-iterations must be >= 0"),
     (["--planners", "idm", "--planner-arg", "horizon_steps=x"], "--planners idm: setting horizon_steps: expected int"),
     (["--planners", "idm,nope"], "--planners nope: unknown planner 'nope'"),
     (["--planner-arg", "horizon_steps=60"], "with several planners write PLANNER:KEY=VALUE"),

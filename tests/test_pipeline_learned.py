@@ -1,5 +1,6 @@
-"""The learned stages of ``av pipeline`` (teacher -> distill -> export -> eval), keyed like the
-others: more distillation epochs redo the student, its export and its evaluation, and nothing else."""
+"""The learned stages of ``av pipeline`` (teacher -> distill -> finetune -> export -> eval), keyed
+like the others: more distillation epochs redo the student, its export and its evaluation, and
+nothing else."""
 
 from __future__ import annotations
 
@@ -26,9 +27,14 @@ def test_learned_stages_are_keyed(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = tmp_path / "run"
     assert main(["pipeline", "--out", str(out), *ARGS, "--student-epochs", "1"]) == 0
     lines = _stage_lines(capsys.readouterr().err)
-    assert all(lines[s] == "running (new)" for s in ("teacher", "distill", "export", "eval")), lines
-    for path in ("teacher/teacher.ckpt", "student/student.ckpt", "export/student.onnx", "export/student.onnx.json"):
+    assert all(lines[s] == "running (new)" for s in ("teacher", "distill", "finetune", "export", "eval")), lines
+    for path in ("teacher/teacher.ckpt", "student/student.ckpt", "export/student.onnx", "export/student.onnx.json",
+                 "finetune/report.html", "finetune/iter-001/student.ckpt"):
         assert (out / path).is_file(), path
+    report = json.loads((out / "finetune" / "report.json").read_text())
+    assert [h["iteration"] for h in report["iterations"]] == [0, 1] and report["iterations"][1]["states"] > 0
+    recorded = json.loads((out / "stages" / "finetune.json").read_text())["inputs"]
+    assert recorded["iterations"] == 1 and recorded["student"] and recorded["teacher"]
     rows = {(r["planner"], r["agents"]): r for r in read_summary(out / "eval")["rows"]}
     assert set(rows) == {(p, a) for p in ("constant_velocity", "teacher", "student") for a in ("log", "idm")}
     assert rows[("teacher", "log")]["plan_every"] == 10
@@ -43,8 +49,9 @@ def test_learned_stages_are_keyed(tmp_path: Path, capsys: pytest.CaptureFixture[
         return evaluate_planner(config, planner, *rest)
 
     monkeypatch.setattr(runner, "evaluate_planner", counting)
-    assert main(["pipeline", "--out", str(out), *ARGS, "--student-epochs", "2"]) == 0
+    assert main(["pipeline", "--out", str(out), *ARGS, "--student-epochs", "2", "--finetune-iterations", "0"]) == 0
     lines = _stage_lines(capsys.readouterr().err)
+    assert "finetune" not in lines  # skipped
     assert lines["teacher"] == "up to date, skipped"
     assert lines["distill"] == "running (inputs changed: epochs)"
     assert lines["export"] == "running (inputs changed: student)"

@@ -2,8 +2,9 @@
 
 Registered into the ``closedloop`` group by :func:`register` (``av/cli/closedloop.py`` calls it
 with its sub-parsers). Writes ``RUN/iter-NNN/`` per iteration, ``RUN/report.json``,
-``RUN/report.html`` and ``RUN/scores.png``; rerunning the same command continues a killed run.
-Rollouts and labelling run in-process, or as Ray tasks with ``--ray local`` / ``--ray ADDRESS``.
+``RUN/report.html``, ``RUN/scores.png`` and ``RUN/fixed/*.gif`` (failures fixed, before and
+after); rerunning the same command continues a killed run. Rollouts and labelling run
+in-process, or as Ray tasks with ``--ray local`` / ``--ray ADDRESS``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="closed-loop fine-tuning of the student: it drives, the teacher relabels (DAgger)",
         description="Each iteration rolls the student out (mixed with the teacher), relabels the visited states "
-        "with the teacher's search, fine-tunes on all states so far, evaluates on training, hard-variant and "
-        "held-out drives and mines variants around failures. Rerun the same command to continue a killed run.")
+        "with the teacher's search, fine-tunes the best student so far on all states so far (and the training "
+        "drives' logged states), evaluates on training, hard-variant and held-out drives and mines variants around "
+        "failures. The report draws the failures fixed. Rerun the same command to continue a killed run.")
     p.add_argument("--student", required=True, type=Path, metavar="CKPT",
                    help="starting student (av distill: RUN/student.ckpt)")
     p.add_argument("--teacher", default=None, type=Path, metavar="CKPT",
@@ -55,6 +57,9 @@ def _train(args: argparse.Namespace) -> int:
         if first[name]["scenarios"]:
             print(f"{name}: CLS-NR {first[name]['cls_nr']:.3f} -> {last[name]['cls_nr']:.3f}, "
                   f"CLS-R {first[name]['cls_r']:.3f} -> {last[name]['cls_r']:.3f} ({first[name]['scenarios']} drives)")
+    fixed = report["fixed_failures"]
+    print(f"{len(fixed)} failed rollouts of iteration 0 pass at the last; "
+          f"{sum(bool(f['gifs']) for f in fixed)} drawn in {args.out / 'fixed'}")
     print(f"wrote {args.out / 'report.json'}, {args.out / 'report.html'}; final student {report['final_student']}; "
           f"best on training drives and hard variants: iteration {report['best_iteration']} ({report['best_student']})")
     return 0

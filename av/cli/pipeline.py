@@ -4,12 +4,14 @@ Stages: ``data`` (synthesize the default dataroot unless ``--dataroot`` is given
 (scenario store) -> ``pictures`` (bird's-eye views of a few drives) -> ``variants`` (seeded
 variants of every scenario, with provenance) -> ``adversarial`` (variants that lower the IDM
 planner's CLS-NR while PDM-Closed still solves them) -> ``teacher`` (``av train teacher`` on
-the drives and their variants) -> ``distill`` (``av distill``: the student) -> ``export``
+the drives and their variants) -> ``distill`` (``av distill``: the student) -> ``finetune``
+(``av closedloop train``: a short closed-loop fine-tuning of the student, its report) -> ``export``
 (``av export onnx``: the student as ONNX with its parity-checked manifest) -> ``eval`` (every
 baseline planner, the teacher and the student in closed loop with log-replay and reactive
 agents: results, summary, HTML report) -> ``safety`` (closed-loop fault injection over the
 drives and variants with the monitors and fallback in the loop, monitor diversity, the safety
-case). ``--no-learned`` leaves out teacher, distill and export; ``--no-safety`` the safety stage.
+case). ``--no-learned`` leaves out teacher, distill, finetune and export; ``--no-safety`` the
+safety stage.
 
 Each stage records its inputs (settings, seeds, the content digest of the store or checkpoint
 it reads, the package version) in ``OUT/stages/<stage>.json`` (:class:`av.keys.Manifest`) and
@@ -60,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the teacher's search replans every k 10 Hz steps in the eval stage (default: 10, 1 Hz)")
     p.add_argument("--labeller", choices=("search", "network"), default="network",
                    help="distillation labels: the teacher's search or its network (default: network)")
+    p.add_argument("--finetune-iterations", type=int, default=1,
+                   help="closed-loop fine-tuning (DAgger) iterations of the student, 0 to skip (default: 1)")
     p.add_argument("--safety", action=argparse.BooleanOptionalAction, default=True,
                    help="closed-loop fault injection, monitor diversity and the safety case (default: on)")
     p.add_argument("--force", action="store_true", help="redo every stage even if its inputs are unchanged")
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     planners = [p.strip() for p in args.planners.split(",") if p.strip()]
     if not planners:
         raise AvError("--planners: give at least one planner")
-    for option in ("pictures", "worst", "variants_per_scenario", "adversarial_budget"):
+    for option in ("pictures", "worst", "variants_per_scenario", "adversarial_budget", "finetune_iterations"):
         if getattr(args, option) < 0:
             raise AvError(f"--{option.replace('_', '-')} must be >= 0, got {getattr(args, option)}")
     for option in ("drives", "teacher_epochs", "student_epochs", "teacher_plan_every"):
@@ -284,6 +288,7 @@ def _learned(out: Path, args: argparse.Namespace, store: Path, variants: Path
     stage(out, "distill", [student], {**data, "teacher": file_digest(teacher_ckpt), "epochs": args.student_epochs,
                                       "labeller": args.labeller}, args.force, lambda: _cli(argv2))
     student_ckpt = student / "student.ckpt"
+    _finetune(out, args, store, teacher_ckpt, student_ckpt)
 
     argv3 = ["export", "onnx", "--checkpoint", str(student_ckpt), "--out", str(export / "student.onnx"),
              "--store", str(store), "--seed", str(args.seed)]
@@ -291,6 +296,29 @@ def _learned(out: Path, args: argparse.Namespace, store: Path, variants: Path
                                     "seed": args.seed}, args.force, lambda: _cli(argv3))
     return [("teacher", {"checkpoint": str(teacher_ckpt)}, args.teacher_plan_every),
             ("student", {"checkpoint": str(student_ckpt)}, 1)]
+
+
+#: ``av closedloop train`` settings of the ``finetune`` stage: few, cheap rollouts (teacher search
+#: of 2 s, replanning every 1 s), a short fine-tuning, one variant mined, one fixed failure drawn.
+FINETUNE_ARGS = ("--plan-every", "10", "--eval-plan-every", "2", "--label-stride", "10", "--epochs", "3",
+                 "--hardest", "1", "--per-failure", "1", "--gifs", "1", "--teacher-search-steps", "20")
+
+
+def _finetune(out: Path, args: argparse.Namespace, store: Path, teacher_ckpt: Path, student_ckpt: Path) -> None:
+    """Stage ``finetune``: ``av closedloop train`` of the distilled student on the drives (the last
+    scene held out) into ``OUT/finetune`` (``report.html``, ``iter-NNN/student.ckpt``)."""
+    from av.keys import file_digest, tree_digest
+
+    if args.finetune_iterations == 0:
+        return
+    run = out / "finetune"
+    argv = ["closedloop", "train", "--teacher", str(teacher_ckpt), "--student", str(student_ckpt), "--store", str(store),
+            "--out", str(run), "--iterations", str(args.finetune_iterations), "--seed", str(args.seed),
+            *FINETUNE_ARGS, "--no-progress"]
+    stage(out, "finetune", [run], {"store_digest": tree_digest(store), "teacher": file_digest(teacher_ckpt),
+                                   "student": file_digest(student_ckpt), "iterations": args.finetune_iterations,
+                                   "seed": args.seed, "settings": list(FINETUNE_ARGS)}, args.force,
+          lambda: _cli(argv))
 
 
 def _print_summary(evaldir: Path, n: int) -> None:
