@@ -208,6 +208,22 @@ def test_rear_end_while_ego_stopped_is_not_at_fault() -> None:  # case 1
     assert out["collisions"] == 1 and out["at_fault_collisions"] == 0
     assert out["no_collision"] == 1.0 and out["ttc"] == 1.0 and out["cls"] == pytest.approx(1.0)
     assert out["pdms_nc"] == 1.0 and out["pdms_ttc"] == 1.0
+    # delta-v: stopped ego, car at 5 m/s: 0.5 * 5; nothing at fault
+    assert out["collision_dv_max"] == pytest.approx(2.5) and math.isnan(out["at_fault_collision_dv_max"])
+
+
+def test_collision_delta_v_head_on_and_crossing() -> None:
+    """nuPlan's ego delta-v, 0.5 sqrt(v_e^2 + v_o^2 - 2 v_e v_o cos(dtheta)): 8 m/s into a parked
+    car is 4 m/s; head-on into a car at 6 m/s is 7 m/s; at right angles 0.5 * hypot(8, 6) = 5 m/s."""
+    T = 40
+    assert score(track(T, v=8.0), [parked(T, 20.0, yaw=-math.pi)])["at_fault_collision_dv_max"] == pytest.approx(4.0)
+    head_on = score(track(T, v=8.0), [vehicle(track(T, x0=30.0, v=6.0, yaw=-math.pi))])
+    assert head_on["at_fault_collision_dv_max"] == pytest.approx(7.0, abs=1e-4)
+    assert head_on["collision_dv_max"] == head_on["at_fault_collision_dv_max"]
+    crossing = score(track(T, v=8.0), [vehicle(track(T, x0=14.0, y=-12.0, v=6.0, yaw=math.pi / 2))])
+    assert crossing["collisions"] == 1
+    assert crossing["collision_dv_max"] == pytest.approx(5.0, abs=1e-4)
+    assert math.isnan(score(track(T, v=8.0))["collision_dv_max"])
 
 
 def test_head_on_with_parked_car_zeroes_everything() -> None:  # case 2

@@ -13,7 +13,8 @@
   ``first_at_fault_group`` (0 VRU, 1 vehicle, 2 object, -1),
   ``drivable_area_time``, ``ttc_time`` (s, NaN if none), ``ddc_max_backward_m``, ``progress_ego_m``,
   ``progress_expert_m``, ``comfort_failed`` (bit i = :data:`comfort.QUANTITIES` [i]),
-  ``pdms_progress_m``, ``pdms_reference_m``.
+  ``pdms_progress_m``, ``pdms_reference_m``; ``collision_dv_max`` / ``at_fault_collision_dv_max``:
+  the largest ego delta-v (m/s) over all / the at-fault collisions (nuPlan reports it; NaN if none).
 
 :func:`reasons` turns such a dict into one sentence per scenario. Scenarios are processed in chunks
 of ``chunk`` (memory), each fully vectorised; results do not depend on the chunking. The evaluator
@@ -44,7 +45,7 @@ REPORT_NAMES = (
     "ade", "fde", "at_fault_collisions", "collisions", "first_at_fault_step", "first_at_fault_time",
     "first_at_fault_group",
     "drivable_area_time", "ttc_time", "ddc_max_backward_m", "progress_ego_m", "progress_expert_m",
-    "comfort_failed", "pdms_progress_m", "pdms_reference_m",
+    "comfort_failed", "pdms_progress_m", "pdms_reference_m", "collision_dv_max", "at_fault_collision_dv_max",
 )
 METRIC_NAMES = NUPLAN_NAMES + PDMS_NAMES + REPORT_NAMES
 
@@ -96,6 +97,7 @@ def _evaluate_chunk(rollout: Rollout, horizon_s: float, reference: Tensor | None
     sl = agg.sl_score(nuplan.speed_limit(scene, ms), dt)
     c, comfort_bits = agg.comfort_score(nuplan.comfort(scene))
     first_step, first_group = agg.first_at_fault(contacts)
+    delta_v = nuplan.collision_delta_v(scene, contacts)
 
     # NAVSIM PDMS on the first horizon_s, log-replayed agents
     horizon = navsim.horizon_mask(scene, horizon_s)
@@ -144,6 +146,8 @@ def _evaluate_chunk(rollout: Rollout, horizon_s: float, reference: Tensor | None
         "comfort_failed": comfort_bits,
         "pdms_progress_m": raw[:, 0],
         "pdms_reference_m": ref,
+        "collision_dv_max": agg.max_collision_delta_v(delta_v, contacts, at_fault=False),
+        "at_fault_collision_dv_max": agg.max_collision_delta_v(delta_v, contacts, at_fault=True),
     }
 
 

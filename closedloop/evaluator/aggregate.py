@@ -174,6 +174,15 @@ def first_at_fault(c: Contacts) -> tuple[Tensor, Tensor]:
     return torch.where(has, first, -1), torch.where(has, group, -1)
 
 
+def max_collision_delta_v(delta_v: MetricValues, contacts: Contacts, at_fault: bool) -> Tensor:
+    """Largest ego delta-v (m/s) ``[B]`` over the contacts (only the at-fault ones if ``at_fault``);
+    NaN where there is none. ``delta_v`` ``[B, N]`` from :func:`closedloop.evaluator.nuplan.collision_delta_v`."""
+    keep = delta_v.valid & (contacts.at_fault if at_fault else torch.ones_like(delta_v.valid))
+    v = torch.where(keep, delta_v.values.double(), torch.full((), -math.inf, dtype=torch.float64))
+    best = v.amax(1) if v.shape[1] else torch.full((v.shape[0],), -math.inf, dtype=torch.float64)
+    return torch.where(keep.any(1) if v.shape[1] else torch.zeros_like(best, dtype=torch.bool), best, math.nan)
+
+
 def _time(step: Tensor, start_time: Tensor, dt: float) -> Tensor:
     return torch.where(step >= 0, start_time + step.double() * dt, torch.full_like(start_time, math.nan))
 

@@ -343,6 +343,22 @@ def no_at_fault_collisions(scene: Scene, ms: MapState) -> Contacts:
     return classify_contacts(scene, scene.agents, first_step(hit), stopped, ~ms.in_lane)
 
 
+def collision_delta_v(scene: Scene, contacts: Contacts) -> MetricValues:
+    """Ego delta-v (m/s) of each first contact, ``[B, N]`` (nuPlan's ``ego_delta_v_collision`` with
+    equal masses): ``0.5 sqrt(v_e^2 + v_o^2 - 2 v_e v_o cos(theta_e - theta_o))``, ``v_e`` the ego
+    speed, ``theta_e`` its heading, ``v_o`` the object's speed and ``theta_o`` its box heading at the
+    contact step. ``valid`` where there is a contact."""
+    has = contacts.step >= 0
+    t = contacts.step.clamp_min(0)  # [B, N]
+    B, N = t.shape
+    v_e = torch.gather(scene.speed, 1, t).double()
+    th_e = torch.gather(scene.ego[..., 2], 1, t).double()
+    a = torch.gather(scene.agents, 2, t[..., None, None].expand(B, N, 1, 5))[:, :, 0].double()
+    v_o = torch.linalg.vector_norm(a[..., 3:5], dim=-1)
+    sq = v_e**2 + v_o**2 - 2 * v_e * v_o * torch.cos(th_e - a[..., 2])
+    return MetricValues(values=0.5 * sq.clamp_min(0.0).sqrt(), valid=has)
+
+
 def time_to_collision(scene: Scene, ms: MapState, contacts: Contacts) -> MetricValues:
     """Per step: ``TTC_k <= 0.95 s`` (bool ``[B, W]``), i.e. an at-fault contact at k or a projected
     overlap within 0.1..0.9 s with a candidate object (METRICS.md 1.7).
