@@ -711,6 +711,13 @@ def route_baseline(table: LaneTable, route: Tensor, valid: Tensor, centres: Tens
     )
 
 
+def distance_to_route(baseline: RouteBaseline, points: Tensor) -> Tensor:
+    """Distance (m) from points ``[B, M, 2]`` to the route baseline: ``[B, M]`` (inf without a route)."""
+    seg = baseline.seg[:, None]
+    d, _ = point_segment_distance(points[:, :, None, :], seg[..., :2], seg[..., 2:])
+    return torch.where(baseline.valid[:, None], d, torch.full_like(d, math.inf)).amin(-1)
+
+
 def project_on_route(baseline: RouteBaseline, points: Tensor) -> Tensor:
     """Route arc length (m) of the closest baseline point to each of ``points`` ``[B, M, 2]``: ``[B, M]``.
 
