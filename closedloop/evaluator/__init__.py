@@ -6,7 +6,11 @@
   ``making_progress``, ``progress``, ``ttc``, ``speed_limit``, ``comfort`` and the scenario score
   ``cls``. CLS-NR and CLS-R are the same formula on a log-replay or a reactive-agent rollout.
 * NAVSIM v1 (METRICS.md 2, on the first ``horizon_s_pdms`` of the simulated part, log-replayed
-  agents): ``pdms_nc``, ``pdms_dac``, ``pdms_ttc``, ``pdms_ep``, ``pdms_c``, ``pdms``.
+  agents): ``pdms_nc``, ``pdms_dac``, ``pdms_ttc``, ``pdms_ep``, ``pdms_c``, ``pdms_ddc`` (weight 0),
+  ``pdms``; EPDMS (METRICS.md 3, same horizon and agents, NC and DAC as PDMS): ``epdms_ddc``,
+  ``epdms_tlc``, ``epdms_ttc``, ``epdms_ep``, ``epdms_lk``, ``epdms_hc``, ``epdms_ec``, ``epdms``;
+  NaN marks a sub-score that is not applicable (TLC: no traffic lights in our maps; EC: one
+  executed trajectory per rollout), as NAVSIM leaves out metrics whose inputs are missing.
 * Human-likeness: ``ade``, ``fde`` (m, simulated vs logged rear axle over the simulated part).
 * Report fields: ``at_fault_collisions`` / ``collisions`` (counts), ``first_at_fault_step`` (scenario
   step, -1 if none), ``first_at_fault_time`` (s since the scenario start, NaN if none) and

@@ -22,10 +22,12 @@ the map format):
 * METRICS.md 1.2 says the corners run the centre's procedure; the devkit's
   ``extract_corners_route`` differs (one candidate set shared by the four corners, no hysteresis,
   no backward pass, the second-frame quirk) and is what :func:`extract_corner_routes` follows.
-* There are no roadblocks: every lane is its own block. Where the expert's route jumps between lanes
-  that are not successors (a lane change), the baseline of the lane it leaves is cut at the expert's
-  position there and the next lane's baseline starts at the projection of that position, so the
-  route baseline stays one continuous arc (see :func:`route_baseline`).
+* There is no roadblock layer: :func:`roadblocks` derives them (side-by-side lanes whose starts and
+  ends line up; connectors joining the same two roadblocks), and nuPlan's EP runs on those
+  (:func:`route_progress`). NAVSIM's centerline stand-in (:func:`route_baseline`) is one arc:
+  where the expert's route jumps between lanes that are not successors (a lane change), the
+  baseline of the lane it leaves is cut at the expert's position there and the next lane's
+  baseline starts at the projection of that position.
 """
 
 from __future__ import annotations

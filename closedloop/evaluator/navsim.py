@@ -1,4 +1,5 @@
-"""NAVSIM v1 PDM score (PDMS) on a closed-loop rollout, as pure per-step functions (METRICS.md 2).
+"""NAVSIM v1 PDMS and v2 EPDMS sub-metrics on a closed-loop rollout, as pure per-step functions
+(METRICS.md 2 and 3).
 
 NAVSIM scores one 4 s plan per scene; here the plan is the simulated ego itself: the first
 ``H = horizon / dt + 1`` states (41 at 4 s, 0.1 s) of the simulated part, against **log-replayed**
@@ -6,12 +7,22 @@ agents (the batch's logged agents, whatever the rollout's agent mode). Deviation
 
 * No LQR re-tracking: the rollout's states (already produced by our controller and bicycle model)
   are scored directly; state 0 is the logged start state, as in NAVSIM.
-* EP: the centerline is the expert-route baseline (:func:`lanes.route_baseline`), and the
-  normaliser is the best of the logged expert's raw progress over the same steps and the agent's
-  masked progress, a stand-in for the PDM-Closed proposal unless a reference progress is passed.
-* No traffic lights (no red-light polygons), so nothing is skipped for them; DDC (weight 0 in v1)
-  is not computed. ROADBLOCK / INTERSECTION / CARPARK polygons are replaced by the lane / connector
-  polygons and the drivable rings (NONDRIV), and the intersection test by :mod:`.lanes`' proxy.
+* EP: the centerline is the expert-route baseline (:func:`lanes.route_baseline`), not PDM-Closed's
+  own route polyline. The normaliser is the injected PDM-Closed planner's progress
+  (:data:`closedloop.evaluator.Reference`), driven closed loop from the same start state over the
+  horizon with log-replayed agents and masked by its own NC * DAC (EPDMS: * DDC); its DDC route
+  lanes come from the expert's route over the horizon only. Without a reference the logged
+  expert's raw progress stands in for it.
+* Route lanes (DDC's ONCOMING) are the lanes of the derived roadblocks of the expert route
+  (:func:`lanes.roadblocks`); no roadblocks in the map.
+* No traffic lights (no red-light polygons), so nothing is skipped for them and EPDMS's TLC is
+  reported not applicable (NaN, multiplier 1). EPDMS's EC compares the plans of two scenes 0.5 s
+  apart; a closed-loop rollout has one executed trajectory, so EC is not applicable (NaN) and
+  leaves the weighted average (weights 5 EP, 5 TTC, 2 LK, 2 HC over 14). HC runs on the horizon's
+  states only (NAVSIM prefixes the human's past states). The EPDMS human filter (sub-scores the
+  logged human fails are set to 1) is not applied.
+* ROADBLOCK / INTERSECTION / CARPARK polygons are replaced by the lane / connector polygons and the
+  drivable rings (NONDRIV), and the intersection test by :mod:`.lanes`' proxy.
 * When a scenario has fewer than ``H`` simulated states, the available ones are scored.
 """
 

@@ -12,12 +12,12 @@ Deviations from the devkit, all forced by our data or by batching:
 * DAC (1.4) is the batched equivalent: a corner is *off* when it is in no lane / connector polygon
   and outside the drivable rings, and *far* when, in addition, it is >= 0.3 m from every drivable
   ring edge and from the polygons of the centre's lane objects.
-* EP (1.6) uses the concatenated expert-route baseline (:func:`lanes.route_baseline`); a pose adds
-  progress only while its centre is inside a lane of the expert route, so the sum telescopes to
-  ``s(last in-route pose) - s(pose 0)`` (out-of-route poses add zero), ``s`` being the arc length
-  of the closest baseline point (a route that passes close to itself could snap to the wrong
-  part). Lanes are blocks (no roadblocks in the map): after a lane change away from the expert's
-  lanes progress stops accruing until the ego is back on a route lane.
+* EP / MP (1.6) follow ``PerFrameProgressAlongRouteComputer`` step by step (:func:`lanes.route_progress`),
+  but the map has no roadblock layer: roadblocks are derived from the lane graph and geometry
+  (:func:`lanes.roadblocks`: side-by-side lanes of one direction whose starts and ends line up;
+  connectors between the same two roadblocks). Where the derived grouping differs from the real
+  roadblocks (lanes that split or merge mid-way, lanes shorter than 2.5 m) progress differs.
+  A block's polygon is the union of its lanes' polygons (only lanes near the driven paths are kept).
 * "Intersection" is approximated as described in :mod:`.lanes`.
 
 Equivalent reformulations (same answers): NC keeps the first overlap of each agent (nuPlan's
