@@ -135,7 +135,7 @@ def test_pipeline_redoes_exactly_the_stages_whose_inputs_changed(
     # first agent mode, and the next run resumes it.
     evaluate, calls = runner.evaluate, []
 
-    def interrupted(rollout):
+    def interrupted(rollout, **kw):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
