@@ -240,3 +240,17 @@ def test_history_comfort_uses_nuplan_windows() -> None:
     assert ok["epdms_hc"] == 1.0
     bad = score(track(T, v=20.0), accel=[np.stack([-4.5 * np.ones(T), np.zeros(T)], 1)])
     assert bad["epdms_hc"] == 0.0 and bad["comfort"] == 0.0
+
+
+def test_epdms_human_filter() -> None:
+    """The logged human itself runs into a parked car (the log or the boxes are wrong there): a
+    sub-score that is 0 for the human is 1 for the agent in EPDMS, while PDMS (v1, no filter) keeps it."""
+    T = 60
+    car = parked(T, 12.0)
+    out = score(track(T, v=5.0), [car])
+    assert out["pdms_nc"] == 0.0 and out["pdms_ttc"] == 0.0 and out["pdms"] == 0.0
+    assert out["epdms_nc"] == 1.0 and out["epdms_ttc"] == 1.0 and out["epdms"] > 0.9
+    other = score(track(T, v=5.0), [car], ego_log=track(T, v=5.0, y=W))  # the human passed beside it
+    assert other["epdms_nc"] == 0.0 and other["epdms"] == 0.0
+    cone = score(track(T, v=5.0), [parked(T, 12.0, kind=AgentType.STATIC, size=(0.5, 0.5))])
+    assert cone["epdms_nc"] == 0.5  # the human's 0.5 is not 0: no filter

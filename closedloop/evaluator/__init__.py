@@ -7,7 +7,8 @@
   ``cls``. CLS-NR and CLS-R are the same formula on a log-replay or a reactive-agent rollout.
 * NAVSIM v1 (METRICS.md 2, on the first ``horizon_s_pdms`` of the simulated part, log-replayed
   agents): ``pdms_nc``, ``pdms_dac``, ``pdms_ttc``, ``pdms_ep``, ``pdms_c``, ``pdms_ddc`` (weight 0),
-  ``pdms``; EPDMS (METRICS.md 3, same horizon and agents, NC and DAC as PDMS): ``epdms_ddc``,
+  ``pdms``; EPDMS (METRICS.md 3, same horizon and agents, after the human filter): ``epdms_nc``,
+  ``epdms_dac``, ``epdms_ddc``,
   ``epdms_tlc``, ``epdms_ttc``, ``epdms_ep``, ``epdms_lk``, ``epdms_hc``, ``epdms_ec``, ``epdms``;
   NaN marks a sub-score that is not applicable (TLC: no traffic lights in our maps; EC: one
   executed trajectory per rollout), as NAVSIM leaves out metrics whose inputs are missing.
@@ -46,7 +47,7 @@ NUPLAN_NAMES = (
     "speed_limit", "comfort", "cls",
 )
 PDMS_NAMES = ("pdms_nc", "pdms_dac", "pdms_ttc", "pdms_ep", "pdms_c", "pdms_ddc", "pdms")
-EPDMS_NAMES = ("epdms_ddc", "epdms_tlc", "epdms_ttc", "epdms_ep", "epdms_lk", "epdms_hc", "epdms_ec", "epdms")
+EPDMS_NAMES = ("epdms_nc", "epdms_dac", "epdms_ddc", "epdms_tlc", "epdms_ttc", "epdms_ep", "epdms_lk", "epdms_hc", "epdms_ec", "epdms")
 REPORT_NAMES = (
     "ade", "fde", "at_fault_collisions", "collisions", "first_at_fault_step", "first_at_fault_time",
     "first_at_fault_group",
@@ -105,21 +106,46 @@ def _proposal(scene: nuplan.Scene, ms: nuplan.MapState, horizon: Tensor) -> dict
     }
 
 
+def _horizon_batch(rollout: Rollout, horizon_s: float) -> ScenarioBatch:
+    """The rollout's scenario batch with ``step_valid`` cut after ``horizon_s`` of simulation."""
+    b = rollout.scenario
+    T = b.step_valid.shape[1]
+    H = int(round(horizon_s / b.dt)) + 1
+    return dataclasses.replace(b, step_valid=b.step_valid & (torch.arange(T)[None] < rollout.start_step[:, None] + H))
+
+
+def _scored(r: Rollout, horizon_s: float) -> tuple[nuplan.Scene, nuplan.MapState, Tensor, dict[str, Tensor]]:
+    """Scene, map state, horizon and NAVSIM sub-scores of another proposal ``r`` (on the CPU)."""
+    r = _slice_rollout(r, slice(None))
+    scene = nuplan.build_scene(r)
+    ms = nuplan.build_map_state(scene, r.scenario)
+    horizon = navsim.horizon_mask(scene, horizon_s)
+    return scene, ms, horizon, _proposal(scene, ms, horizon)
+
+
 def _reference(reference: Reference, rollout: Rollout, horizon_s: float, ms: nuplan.MapState) -> tuple[Tensor, Tensor]:
     """Masked progress (m) of the injected PDM-Closed reference from the same start states:
     ``(raw * NC * DAC, raw * NC * DAC * DDC)`` ``[B]`` (PDMS, EPDMS; no traffic lights, TLC = 1).
     Its raw progress is measured on the scored rollout's centerline (``ms``)."""
-    b = rollout.scenario
-    T = b.step_valid.shape[1]
-    H = int(round(horizon_s / b.dt)) + 1
-    cut = b.step_valid & (torch.arange(T)[None] < rollout.start_step[:, None] + H)
-    ref = reference(dataclasses.replace(b, step_valid=cut))
-    ref = _slice_rollout(dataclasses.replace(ref, scenario=dataclasses.replace(b, step_valid=cut)), slice(None))
-    scene = nuplan.build_scene(ref)
-    horizon = navsim.horizon_mask(scene, horizon_s)
-    p = _proposal(scene, nuplan.build_map_state(scene, ref.scenario), horizon)
+    cut = _horizon_batch(rollout, horizon_s)
+    ref = dataclasses.replace(reference(cut), scenario=cut)
+    scene, _, horizon, p = _scored(ref, horizon_s)
     raw = navsim.route_progress_of(ms, scene.centre, horizon).double()
     return raw * p["nc"] * p["dac"], raw * p["nc"] * p["dac"] * p["ddc"]
+
+
+HUMAN_FILTERED = ("nc", "dac", "ddc", "ttc_v2", "lk")
+"""EPDMS sub-scores the human filter applies to (those computed for the log's states)."""
+
+
+def _human_filter(rollout: Rollout, horizon_s: float, agent: dict[str, Tensor]) -> dict[str, Tensor]:
+    """EPDMS human filter: a sub-score that is exactly 0 for the logged human over the horizon is 1
+    for the agent. The human is the batch's logged ego with log-replayed agents."""
+    b = _horizon_batch(rollout, horizon_s)
+    human = dataclasses.replace(rollout, scenario=b, ego=b.ego.to(rollout.ego.dtype), step_valid=b.step_valid,
+                                agents=b.agents, agent_valid=b.agent_valid, agent_mode="log")
+    h = _scored(human, horizon_s)[3]
+    return {k: torch.where(h[k] == 0, torch.ones_like(agent[k]), agent[k]) for k in HUMAN_FILTERED}
 
 
 def _evaluate_chunk(rollout: Rollout, horizon_s: float, reference: Tensor | None,
@@ -159,9 +185,10 @@ def _evaluate_chunk(rollout: Rollout, horizon_s: float, reference: Tensor | None
     e_ep = agg.epdms_ep(raw[:, 0], p["nc"] * p["dac"] * p["ddc"], ref_v2)
     e_hc, _ = agg.comfort_score(navsim.history_comfort(scene, horizon))
     not_applicable = torch.full_like(nc, math.nan)
+    e = _human_filter(rollout, horizon_s, p)
     epdms = agg.epdms_score(
-        {"nc": p["nc"], "dac": p["dac"], "ddc": p["ddc"], "tlc": not_applicable},
-        {"ep": e_ep, "ttc": p["ttc_v2"], "lk": p["lk"], "hc": e_hc, "ec": not_applicable},
+        {"nc": e["nc"], "dac": e["dac"], "ddc": e["ddc"], "tlc": not_applicable},
+        {"ep": e_ep, "ttc": e["ttc_v2"], "lk": e["lk"], "hc": e_hc, "ec": not_applicable},
     )
 
     disp = nuplan.displacement(scene)
@@ -186,11 +213,13 @@ def _evaluate_chunk(rollout: Rollout, horizon_s: float, reference: Tensor | None
         "pdms_c": p_c,
         "pdms_ddc": p["ddc_v1"],
         "pdms": agg.pdms_score(p["nc"], p["dac"], p["ttc"], p_ep, p_c),
-        "epdms_ddc": p["ddc"],
+        "epdms_nc": e["nc"],
+        "epdms_dac": e["dac"],
+        "epdms_ddc": e["ddc"],
         "epdms_tlc": not_applicable,
-        "epdms_ttc": p["ttc_v2"],
+        "epdms_ttc": e["ttc_v2"],
         "epdms_ep": e_ep,
-        "epdms_lk": p["lk"],
+        "epdms_lk": e["lk"],
         "epdms_hc": e_hc,
         "epdms_ec": not_applicable,
         "epdms": epdms,

@@ -19,8 +19,9 @@ agents (the batch's logged agents, whatever the rollout's agent mode). Deviation
   reported not applicable (NaN, multiplier 1). EPDMS's EC compares the plans of two scenes 0.5 s
   apart; a closed-loop rollout has one executed trajectory, so EC is not applicable (NaN) and
   leaves the weighted average (weights 5 EP, 5 TTC, 2 LK, 2 HC over 14). HC runs on the horizon's
-  states only (NAVSIM prefixes the human's past states). The EPDMS human filter (sub-scores the
-  logged human fails are set to 1) is not applied.
+  states only (NAVSIM prefixes the human's past states). The human filter (a sub-score that is 0
+  for the logged human is 1 for the agent) covers NC, DAC, DDC, TTC and LK, not EP or HC (the log
+  carries no accelerations).
 * ROADBLOCK / INTERSECTION / CARPARK polygons are replaced by the lane / connector polygons and the
   drivable rings (NONDRIV), and the intersection test by :mod:`.lanes`' proxy.
 * When a scenario has fewer than ``H`` simulated states, the available ones are scored.
