@@ -46,7 +46,7 @@ from av.fileio import atomic_write_bytes, atomic_write_json
 from av.keys import digest, path_digests, tree_digest
 from av.settings import settings_dict
 from av.types import Scenario
-from closedloop.evaluator import evaluate, reasons
+from closedloop.evaluator import Reference, evaluate, reasons
 from closedloop.planner import Planner, make_planner, planner_settings
 from closedloop.rollout import Rollout
 from closedloop.driver import rollout as drive
@@ -207,11 +207,24 @@ def _simulator(config: EvalConfig) -> tuple[str, SimConfig]:
     return config.sim, SimConfig(agents=config.agents)
 
 
+#: The planner whose progress normalises NAVSIM's EP (injected into the evaluator, as NAVSIM does).
+PDMS_REFERENCE = "pdm_closed"
+
+
+def _pdms_reference(config: EvalConfig) -> Reference:
+    """PDM-Closed driven with log-replayed agents on the run's simulator, device and plan rate."""
+    name, _ = _simulator(config)
+    sim = make_simulator(name, **settings_dict(SimConfig(agents="log")))
+    planner = make_planner(PDMS_REFERENCE)
+    return lambda batch: drive(sim, batch.to(config.device), planner, plan_every=config.plan_every, record_plans=False)
+
+
 def _score_batch(sim: Any, chunk: list[Scenario], planner: Planner, config: EvalConfig) -> _Part:
     batch = collate(chunk).to(config.device)
     with torch.no_grad():
         rollout = drive(sim, batch, planner, plan_every=config.plan_every, record_plans=config.worst > 0)
-        scores = {m: v.detach().double().cpu().numpy() for m, v in evaluate(rollout).items()}
+        scores = {m: v.detach().double().cpu().numpy()
+                  for m, v in evaluate(rollout, reference=_pdms_reference(config)).items()}
     why = reasons({m: torch.from_numpy(v) for m, v in scores.items()}) if config.worst > 0 else []
     rows, worst = [], []
     for i, s in enumerate(chunk):
@@ -445,6 +458,7 @@ def run_inputs(config: EvalConfig) -> dict[str, Any]:
         "batch_size": config.batch_size,
         "device": config.device,
         "worst": config.worst,
+        "pdms_reference": PDMS_REFERENCE,
     }
 
 

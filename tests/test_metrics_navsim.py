@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +127,130 @@ def test_stopped_ego_is_never_ttc_checked() -> None:
     T = 20
     out = score(track(T), [Agent(AgentType.VEHICLE, (4.5, 1.9), track(T, x0=FRONT + 1.0 + 2.25))])
     assert out["pdms_ttc"] == 1.0 and out["ttc"] == 1.0 and out["collisions"] == 0
+
+
+# ----------------------------------------------------------------------------- PDM-Closed reference (injected)
+def test_pdm_closed_reference_is_injected_driven_over_the_horizon_and_masked() -> None:
+    """NAVSIM normalises EP by PDM-Closed's progress from the same state. The evaluator calls the
+    injected reference with the batch cut to the 4 s horizon; a reference twice as fast halves EP,
+    one that crashes (its NC = 0) is masked out and the agent's own progress normalises."""
+    T = 60
+    s = scenario(track(T, v=5.0), [parked(T, 55.0)])  # agent: 20 m in 4 s, never reaches the car
+    seen: list[int] = []
+
+    def driving(speed: float):  # type: ignore[no-untyped-def]
+        def reference(batch):  # type: ignore[no-untyped-def]
+            seen.append(int(batch.step_valid[0].sum()))
+            r = rollout([s], sim=[track(T, v=speed)])
+            return dataclasses.replace(r, step_valid=batch.step_valid.clone())
+        return reference
+
+    out = evaluate(rollout([s]), reference=driving(10.0))
+    assert seen == [41]
+    assert float(out["pdms_reference_m"][0]) == pytest.approx(40.0, abs=1e-3)
+    assert float(out["pdms_ep"][0]) == pytest.approx(0.5, abs=1e-4)
+    assert float(out["epdms_ep"][0]) == pytest.approx(0.5, abs=1e-4)
+    crash = evaluate(rollout([s]), reference=driving(16.0))  # bumper reaches the car at 3.1 s
+    assert float(crash["pdms_reference_m"][0]) == 0.0
+    assert float(crash["pdms_ep"][0]) == 1.0 and float(crash["epdms_ep"][0]) == 1.0
+
+
+def test_evaluator_never_imports_planners() -> None:
+    import ast
+    from pathlib import Path
+
+    import closedloop.evaluator as ev
+
+    for f in Path(ev.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.startswith(("closedloop.planners", "closedloop.planner")) for n in names), f
+
+
+# ----------------------------------------------------------------------------- DDC (PDMS weight 0, EPDMS multiplier)
+def test_ddc_forward_in_the_oncoming_lane_case_8() -> None:
+    """10 m/s in the lane of the other direction (not a route lane): 11 m in 1.1 s -> DDC = 0, which
+    zeroes EPDMS and leaves PDMS (weight 0) alone. In the parallel lane of the same roadblock, or
+    reversing at 3 m/s in its own lane (unsigned distance on a route lane), DDC = 1."""
+    T = 60
+    out = score(track(T, v=10.0, y=-W), ego_log=track(T, v=10.0))
+    assert out["pdms_ddc"] == 0.0 and out["epdms_ddc"] == 0.0 and out["epdms"] == 0.0
+    assert out["pdms"] > 0.0
+    side = score(track(T, v=10.0, y=W), ego_log=track(T, v=10.0))
+    assert side["pdms_ddc"] == 1.0 and side["epdms_ddc"] == 1.0
+    back = score(track(T, x0=50.0, v=-3.0), ego_log=track(T, x0=50.0))
+    assert back["pdms_ddc"] == 1.0 and back["driving_direction"] == 0.5
+
+
+def test_epdms_ddc_skips_intersections() -> None:
+    """The human turns left, the ego drives straight through the junction at 5 m/s: from x = 8.6 m
+    its centre is on the straight connector only (off the route): 5.5 m in 1.1 s, PDMS DDC 0.5.
+    EPDMS does not count steps in an intersection (a connector): DDC 1."""
+    from test_metrics_nuplan import _centre_path, _turn_junction
+
+    T = 41
+    R = 20.0
+    phi = np.linspace(0.0, np.pi / 2, 200)
+    turn = np.concatenate([np.stack([R * np.sin(phi), R - R * np.cos(phi)], 1), [[R, 300.0]]])
+    out = score(_centre_path(np.array([[0.0, 0.0], [300.0, 0.0]]), 5.0, T), ego_log=_centre_path(turn, 5.0, T),
+                map=_turn_junction(R))
+    assert out["pdms_ddc"] == 0.5 and out["epdms_ddc"] == 1.0
+
+
+# ----------------------------------------------------------------------------- EPDMS
+def test_epdms_aggregation_and_not_applicable_metrics() -> None:
+    one = torch.ones(1, dtype=torch.float64)
+    nan = torch.full((1,), float("nan"), dtype=torch.float64)
+    s = agg.epdms_score({"nc": one, "dac": one, "ddc": one, "tlc": nan},
+                        {"ep": 0.5 * one, "ttc": one, "lk": one, "hc": one, "ec": nan})
+    assert float(s) == pytest.approx((2.5 + 5 + 2 + 2) / 14)
+    s = agg.epdms_score({"nc": one, "dac": one, "ddc": 0.5 * one, "tlc": one},
+                        {"ep": one, "ttc": 0 * one, "lk": one, "hc": one, "ec": one})
+    assert float(s) == pytest.approx(0.5 * 11 / 16)
+    # case 14, agent NC = 0.5: v2 does not mask the numerator
+    assert float(agg.epdms_ep(torch.tensor([10.0]), 0.5 * one, torch.tensor([20.0]))) == 0.5
+    assert float(agg.epdms_ep(torch.tensor([3.0]), 0 * one, torch.tensor([4.0]))) == 1.0
+    out = score(track(60, v=5.0))
+    assert np.isnan(out["epdms_tlc"]) and np.isnan(out["epdms_ec"])  # no traffic lights; one plan per scene
+    assert out["epdms"] == 1.0
+
+
+def test_epdms_ttc_stops_at_3_1_s() -> None:
+    """A parked car first met by the +0.9 s projection at t = 3.5 s: PDMS (t <= 4 s) fails TTC,
+    EPDMS (t <= 3.1 s) does not."""
+    T = 60
+    out = score(track(T, v=10.0), [parked(T, FRONT + 35.0 + 9.0 + 2.25 + 0.05)])
+    assert out["pdms_nc"] == 1.0
+    assert out["pdms_ttc"] == 0.0 and out["epdms_ttc"] == 1.0
+
+
+@pytest.mark.parametrize("offset,lk", [(0.4, 1.0), (W, 0.0)])
+def test_lane_keeping(offset: float, lk: float) -> None:
+    """Centre ``offset`` m beside the centerline for the whole 4 s: LK fails past 0.5 m for 2 s."""
+    T = 60
+    out = score(track(T, v=5.0, y=offset), ego_log=track(T, v=5.0))
+    assert out["epdms_lk"] == lk
+
+
+def test_history_comfort_uses_nuplan_windows() -> None:
+    """A step of a_x from 0 to -3 m/s^2 passes both; constant -4.5 m/s^2 fails both (METRICS 6.12)."""
+    T = 60
+    ok = score(track(T, v=8.0), accel=[np.stack([np.r_[np.zeros(20), -3 * np.ones(T - 20)], np.zeros(T)], 1)])
+    assert ok["epdms_hc"] == 1.0
+    bad = score(track(T, v=20.0), accel=[np.stack([-4.5 * np.ones(T), np.zeros(T)], 1)])
+    assert bad["epdms_hc"] == 0.0 and bad["comfort"] == 0.0
+
+
+def test_epdms_human_filter() -> None:
+    """The logged human itself runs into a parked car (the log or the boxes are wrong there): a
+    sub-score that is 0 for the human is 1 for the agent in EPDMS, while PDMS (v1, no filter) keeps it."""
+    T = 60
+    car = parked(T, 12.0)
+    out = score(track(T, v=5.0), [car])
+    assert out["pdms_nc"] == 0.0 and out["pdms_ttc"] == 0.0 and out["pdms"] == 0.0
+    assert out["epdms_nc"] == 1.0 and out["epdms_ttc"] == 1.0 and out["epdms"] > 0.9
+    other = score(track(T, v=5.0), [car], ego_log=track(T, v=5.0, y=W))  # the human passed beside it
+    assert other["epdms_nc"] == 0.0 and other["epdms"] == 0.0
+    cone = score(track(T, v=5.0), [parked(T, 12.0, kind=AgentType.STATIC, size=(0.5, 0.5))])
+    assert cone["epdms_nc"] == 0.5  # the human's 0.5 is not 0: no filter

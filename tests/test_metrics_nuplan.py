@@ -208,6 +208,22 @@ def test_rear_end_while_ego_stopped_is_not_at_fault() -> None:  # case 1
     assert out["collisions"] == 1 and out["at_fault_collisions"] == 0
     assert out["no_collision"] == 1.0 and out["ttc"] == 1.0 and out["cls"] == pytest.approx(1.0)
     assert out["pdms_nc"] == 1.0 and out["pdms_ttc"] == 1.0
+    # delta-v: stopped ego, car at 5 m/s: 0.5 * 5; nothing at fault
+    assert out["collision_dv_max"] == pytest.approx(2.5) and math.isnan(out["at_fault_collision_dv_max"])
+
+
+def test_collision_delta_v_head_on_and_crossing() -> None:
+    """nuPlan's ego delta-v, 0.5 sqrt(v_e^2 + v_o^2 - 2 v_e v_o cos(dtheta)): 8 m/s into a parked
+    car is 4 m/s; head-on into a car at 6 m/s is 7 m/s; at right angles 0.5 * hypot(8, 6) = 5 m/s."""
+    T = 40
+    assert score(track(T, v=8.0), [parked(T, 20.0, yaw=-math.pi)])["at_fault_collision_dv_max"] == pytest.approx(4.0)
+    head_on = score(track(T, v=8.0), [vehicle(track(T, x0=30.0, v=6.0, yaw=-math.pi))])
+    assert head_on["at_fault_collision_dv_max"] == pytest.approx(7.0, abs=1e-4)
+    assert head_on["collision_dv_max"] == head_on["at_fault_collision_dv_max"]
+    crossing = score(track(T, v=8.0), [vehicle(track(T, x0=14.0, y=-12.0, v=6.0, yaw=math.pi / 2))])
+    assert crossing["collisions"] == 1
+    assert crossing["collision_dv_max"] == pytest.approx(5.0, abs=1e-4)
+    assert math.isnan(score(track(T, v=8.0))["collision_dv_max"])
 
 
 def test_head_on_with_parked_car_zeroes_everything() -> None:  # case 2
@@ -419,3 +435,93 @@ def test_route_hysteresis_keeps_the_previous_connector_within_5_m() -> None:
     first = lanes.first_index(ms.route[0])
     assert set(first[20:26].tolist()) == {1}
     assert first[0].item() == 0 and first[-1].item() == 3
+
+
+# ----------------------------------------------------------------------------- EP along roadblocks (1.6)
+def _centre_path(xy: np.ndarray, speed: float, T: int) -> np.ndarray:
+    """Rear-axle states ``[T, 5]`` whose box centre runs along polyline ``xy`` ``[P, 2]`` at ``speed``."""
+    seg = np.linalg.norm(np.diff(xy, axis=0), axis=1)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    q = np.arange(T) * DT * speed
+    x, y = np.interp(q, s, xy[:, 0]), np.interp(q, s, xy[:, 1])
+    i = np.clip(np.searchsorted(s, q, side="right") - 1, 0, len(seg) - 1)
+    yaw = np.arctan2(xy[i + 1, 1] - xy[i, 1], xy[i + 1, 0] - xy[i, 0])
+    d = EGO.rear_axle_to_center
+    c, sn = np.cos(yaw), np.sin(yaw)
+    return np.stack([x - d * c, y - d * sn, yaw, speed * c, speed * sn], 1)
+
+
+def _two_lane_junction() -> MapData:
+    """Two parallel lanes towards +x (y = 0 and y = 3.5), each through its own connector (x 0..20)."""
+    h = W / 2
+    spans = [(-50.0, 0.0), (0.0, 20.0), (20.0, 200.0)]
+    cl, conn, succ, poly = [], [], [], []
+    for k, (x0, x1) in enumerate(spans):
+        for y in (0.0, W):
+            cl.append(straight_lane(x0, x1, y))
+            conn.append(k == 1)
+            poly.append(rectangle(x0, y - h, x1, y + h))
+    succ = [[2], [3], [4], [5], [], []]  # lane i (y = 0: even, y = 3.5: odd) -> its own connector -> lane
+    return build_map(centrelines=cl, connectors=conn, speed_limits=[LIMIT if not c else math.nan for c in conn],
+                     successors=succ, polygons=poly, rings=[rectangle(-50.0, -h, 200.0, W + h)])
+
+
+def test_progress_lane_change_inside_a_connector() -> None:
+    """The human changes lanes inside the junction; an ego that stays in its lane drives on into the
+    lane parallel to the human's. nuPlan's roadblocks hold both lanes (and both connectors), so the
+    ego keeps accruing progress; on the lane-by-lane route it stopped at the junction's end
+    (22 of 120 m: MP would read 0)."""
+    T = 151
+    expert = _centre_path(np.array([[-2.0, 0.0], [4.0, 0.0], [12.0, W], [300.0, W]]), 8.0, T)
+    ego = _centre_path(np.array([[-2.0, 0.0], [300.0, 0.0]]), 8.0, T)
+    out = score(ego, ego_log=expert, map=_two_lane_junction())
+    assert out["progress_expert_m"] == pytest.approx(120.0, abs=1.0)
+    assert out["progress_ego_m"] == pytest.approx(120.0, abs=1.0)
+    assert out["progress"] == pytest.approx(1.0, abs=1e-3) and out["making_progress"] == 1.0
+    r = rollout([scenario(expert, map=_two_lane_junction())], sim=[ego])
+    scene = build_scene(r)
+    ms = build_map_state(scene, r.scenario)
+    assert ms.roadblock[0].tolist() == [0, 0, 2, 2, 4, 4]  # lanes side by side, connectors A->A and B->B
+    assert int(ms.blocks.valid.sum()) == 3
+
+
+def _turn_junction(radius: float = 20.0) -> MapData:
+    """Lane 0 (y = 0, x < 0) -> straight connector 1 (x 0..20) -> lane 2, and -> left-turn connector 3
+    (quarter circle of ``radius`` about (0, radius)) -> lane 4 (x = radius, towards +y)."""
+    h = W / 2
+    phi = np.linspace(0.0, math.pi / 2, 64)
+    arc = np.stack([radius * np.sin(phi), radius - radius * np.cos(phi), phi], 1)
+    outer = np.stack([(radius + h) * np.sin(phi), radius - (radius + h) * np.cos(phi)], 1)
+    inner = np.stack([(radius - h) * np.sin(phi), radius - (radius - h) * np.cos(phi)], 1)
+    up = straight_lane(radius, 200.0, 0.0)[:, [1, 0, 2]].copy()
+    up[:, 0], up[:, 2] = radius, math.pi / 2
+    return build_map(
+        centrelines=[straight_lane(-50.0, 0.0, 0.0), straight_lane(0.0, radius, 0.0),
+                     straight_lane(radius, 200.0, 0.0), arc, up],
+        connectors=[False, True, False, True, False], speed_limits=[LIMIT, math.nan, LIMIT, math.nan, LIMIT],
+        successors=[[1, 3], [2], [], [4], []],
+        polygons=[rectangle(-50.0, -h, 0.0, h), rectangle(0.0, -h, radius, h), rectangle(radius, -h, 200.0, h),
+                  np.concatenate([outer, inner[::-1]]), rectangle(radius - h, radius, radius + h, 200.0)],
+        rings=[rectangle(-50.0, -h, 200.0, h), rectangle(radius - h, -h, radius + h, 200.0),
+               np.concatenate([outer, inner[::-1]])],
+    )
+
+
+def test_progress_straight_where_the_route_turns() -> None:
+    """The human turns left; the ego drives straight on. Its progress counts on the route while its
+    centre is in the route's blocks: 30 m on lane 0, then along the turn's baseline while it is inside
+    the turn connector (to x = sqrt(21.75^2 - 20^2) = 8.55 m), then nothing on the other road."""
+    T = 151
+    R = 20.0
+    phi = np.linspace(0.0, math.pi / 2, 200)
+    turn = np.concatenate([[[-30.0, 0.0]], np.stack([R * np.sin(phi), R - R * np.cos(phi)], 1), [[R, 300.0]]])
+    expert = _centre_path(turn, 8.0, T)
+    ego = _centre_path(np.array([[-30.0, 0.0], [300.0, 0.0]]), 8.0, T)
+    out = score(ego, ego_log=expert, map=_turn_junction(R))
+    assert out["progress_expert_m"] == pytest.approx(120.0, abs=1.0)
+    x_out = math.sqrt((R + W / 2) ** 2 - R**2)  # last centre inside the turn connector
+    expected = 30.0 + R * math.atan2(x_out, R)
+    assert out["progress_ego_m"] == pytest.approx(expected, abs=0.9)
+    assert out["progress"] == pytest.approx(out["progress_ego_m"] / out["progress_expert_m"], abs=1e-6)
+    turned = score(expert, ego_log=expert, map=_turn_junction(R))
+    assert turned["progress"] == 1.0 and turned["progress_ego_m"] == pytest.approx(120.0, abs=1.0)

@@ -81,11 +81,11 @@ def test_an_interrupted_eval_resumes_from_its_last_batch_with_identical_results(
     calls: list[int] = []
     evaluate = runner.evaluate
 
-    def interrupted(rollout):  # the second batch is interrupted
+    def interrupted(rollout, **kw):  # the second batch is interrupted
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return evaluate(rollout)
+        return evaluate(rollout, **kw)
 
     monkeypatch.setattr(runner, "evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -94,7 +94,7 @@ def test_an_interrupted_eval_resumes_from_its_last_batch_with_identical_results(
     assert not (run / "results.parquet").exists()
 
     calls.clear()
-    monkeypatch.setattr(runner, "evaluate", lambda rollout: calls.append(1) or evaluate(rollout))
+    monkeypatch.setattr(runner, "evaluate", lambda rollout, **kw: calls.append(1) or evaluate(rollout, **kw))
     table = run_eval(dataclasses.replace(cfg, out=run))
     assert len(calls) == 2  # batches 1 and 2; batch 0 was loaded
     assert table.equals(reference) and read_results(run).equals(read_results(tmp_path / "ref"))
@@ -109,7 +109,7 @@ def test_an_interrupted_eval_resumes_from_its_last_batch_with_identical_results(
     other = dataclasses.replace(cfg, out=run, worst=0, planner_settings={"horizon_steps": 50})
     with pytest.raises(KeyboardInterrupt):
         run_eval(other)
-    monkeypatch.setattr(runner, "evaluate", lambda rollout: calls.append(1) or evaluate(rollout))
+    monkeypatch.setattr(runner, "evaluate", lambda rollout, **kw: calls.append(1) or evaluate(rollout, **kw))
     calls.clear()
     run_eval(dataclasses.replace(other, planner_settings={"horizon_steps": 60}))
     assert len(calls) == 3
@@ -135,11 +135,11 @@ def test_pipeline_redoes_exactly_the_stages_whose_inputs_changed(
     # first agent mode, and the next run resumes it.
     evaluate, calls = runner.evaluate, []
 
-    def interrupted(rollout):
+    def interrupted(rollout, **kw):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return evaluate(rollout)
+        return evaluate(rollout, **kw)
 
     monkeypatch.setattr(runner, "evaluate", interrupted)
     arg = ["--planner-arg", "constant_velocity:horizon_steps=40"]
@@ -147,7 +147,7 @@ def test_pipeline_redoes_exactly_the_stages_whose_inputs_changed(
     lines = _stage_lines(capsys.readouterr().err)
     assert lines["eval"] == "running (inputs changed: runs)"
     assert all(lines[s] == "up to date, skipped" for s in ("data", "import")), lines
-    monkeypatch.setattr(runner, "evaluate", lambda rollout: calls.append(1) or evaluate(rollout))
+    monkeypatch.setattr(runner, "evaluate", lambda rollout, **kw: calls.append(1) or evaluate(rollout, **kw))
     calls.clear()
     assert main(["pipeline", "--out", str(out), *ARGS, *arg]) == 0
     lines = _stage_lines(capsys.readouterr().err)

@@ -162,6 +162,41 @@ def pdms_score(nc: Tensor, dac: Tensor, ttc: Tensor, ep: Tensor, c: Tensor) -> T
     return nc * dac * weighted / (WEIGHT_TTC + WEIGHT_PROGRESS + WEIGHT_COMFORT)
 
 
+# ----------------------------------------------------------------------------- NAVSIM v2 EPDMS
+# Weights of EPDMS's weighted sub-scores (METRICS.md 3): progress, TTC, lane keeping, history comfort,
+# extended comfort.
+EPDMS_WEIGHTS = {"ep": 5.0, "ttc": 5.0, "lk": 2.0, "hc": 2.0, "ec": 2.0}
+
+
+def epdms_ep(raw: Tensor, multiplier: Tensor, reference: Tensor) -> Tensor:
+    """EPDMS EP ``[B]``: M = max(raw * NC DAC DDC TLC, reference's masked progress); if M > 5 m,
+    clip(raw / M, 0, 1) with the numerator *not* masked, else 1. All inputs ``[B]``, m."""
+    best = torch.maximum(raw.double() * multiplier.double(), reference.double())
+    ep = torch.clamp(raw.double() / best.clamp_min(1e-12), 0.0, 1.0)
+    return torch.where(best > PDM_PROGRESS_FLOOR_M, ep, torch.ones_like(ep))
+
+
+def epdms_score(multipliers: Mapping[str, Tensor], weighted: Mapping[str, Tensor]) -> Tensor:
+    """EPDMS ``[B]`` = prod(multipliers) * sum_m w_m s_m / sum_m w_m (weights :data:`EPDMS_WEIGHTS`).
+
+    A sub-score that is not applicable (NaN: its inputs are missing, e.g. traffic-light states) is
+    left out: a multiplier counts as 1, a weighted sub-score leaves both sums.
+    """
+    prod = None
+    for v in multipliers.values():
+        v = torch.nan_to_num(v.double(), nan=1.0)
+        prod = v if prod is None else prod * v
+    num = den = None
+    for name, v in weighted.items():
+        v = v.double()
+        ok = ~torch.isnan(v)
+        w = torch.where(ok, EPDMS_WEIGHTS[name], 0.0).double()
+        num = w * v.nan_to_num(0.0) if num is None else num + w * v.nan_to_num(0.0)
+        den = w if den is None else den + w
+    assert prod is not None and num is not None and den is not None
+    return prod * num / den.clamp_min(1e-12)
+
+
 # ----------------------------------------------------------------------------- reports
 def first_at_fault(c: Contacts) -> tuple[Tensor, Tensor]:
     """Step ``[B]`` of the first at-fault contact (-1 none) and the group ``[B]`` of its agent."""
@@ -172,6 +207,15 @@ def first_at_fault(c: Contacts) -> tuple[Tensor, Tensor]:
     has = first < big
     group = torch.gather(c.group, 1, agent[:, None])[:, 0] if c.group.shape[1] else torch.full_like(first, -1)
     return torch.where(has, first, -1), torch.where(has, group, -1)
+
+
+def max_collision_delta_v(delta_v: MetricValues, contacts: Contacts, at_fault: bool) -> Tensor:
+    """Largest ego delta-v (m/s) ``[B]`` over the contacts (only the at-fault ones if ``at_fault``);
+    NaN where there is none. ``delta_v`` ``[B, N]`` from :func:`closedloop.evaluator.nuplan.collision_delta_v`."""
+    keep = delta_v.valid & (contacts.at_fault if at_fault else torch.ones_like(delta_v.valid))
+    v = torch.where(keep, delta_v.values.double(), torch.full((), -math.inf, dtype=torch.float64))
+    best = v.amax(1) if v.shape[1] else torch.full((v.shape[0],), -math.inf, dtype=torch.float64)
+    return torch.where(keep.any(1) if v.shape[1] else torch.zeros_like(best, dtype=torch.bool), best, math.nan)
 
 
 def _time(step: Tensor, start_time: Tensor, dt: float) -> Tensor:

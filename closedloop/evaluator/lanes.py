@@ -22,10 +22,12 @@ the map format):
 * METRICS.md 1.2 says the corners run the centre's procedure; the devkit's
   ``extract_corners_route`` differs (one candidate set shared by the four corners, no hysteresis,
   no backward pass, the second-frame quirk) and is what :func:`extract_corner_routes` follows.
-* There are no roadblocks: every lane is its own block. Where the expert's route jumps between lanes
-  that are not successors (a lane change), the baseline of the lane it leaves is cut at the expert's
-  position there and the next lane's baseline starts at the projection of that position, so the
-  route baseline stays one continuous arc (see :func:`route_baseline`).
+* There is no roadblock layer: :func:`roadblocks` derives them (side-by-side lanes whose starts and
+  ends line up; connectors joining the same two roadblocks), and nuPlan's EP runs on those
+  (:func:`route_progress`). NAVSIM's centerline stand-in (:func:`route_baseline`) is one arc:
+  where the expert's route jumps between lanes that are not successors (a lane change), the
+  baseline of the lane it leaves is cut at the expert's position there and the next lane's
+  baseline starts at the projection of that position.
 """
 
 from __future__ import annotations
@@ -615,14 +617,10 @@ class RouteBaseline:
     has_route: Tensor
 
 
-def route_baseline(table: LaneTable, route: Tensor, valid: Tensor, centres: Tensor) -> RouteBaseline:
-    """Build the expert route baseline from the expert's lane objects ``route`` ``[B, T, K]``.
-
-    nuPlan ``get_route_simplified`` (empties and entries sharing an object with the previous kept
-    entry dropped), one block per entry (its first object). Consecutive blocks that are successors
-    are joined end to start; otherwise (a lane change) the left lane is cut at the projection of the
-    expert centre (``centres`` ``[B, T, 2]``) at the change and the new lane starts at its projection.
-    """
+def _route_entries(route: Tensor, valid: Tensor) -> Tensor:
+    """nuPlan ``get_route_simplified``: the first object of each kept route entry, long ``[B, T]``
+    (-1 where step ``t`` adds no entry). Empty entries and entries sharing an object with the
+    previous kept entry are dropped. ``route`` ``[B, T, K]``, ``valid`` ``[B, T]``."""
     B, T, K = route.shape
     last = torch.zeros(B, K, dtype=torch.bool)
     entry_lane = torch.full((B, T), -1, dtype=torch.long)
@@ -631,6 +629,28 @@ def route_baseline(table: LaneTable, route: Tensor, valid: Tensor, centres: Tens
         app = cur.any(-1) & ~(cur & last).any(-1)
         last = torch.where(app[:, None], cur, last)
         entry_lane[:, t] = torch.where(app, first_index(cur), -1)
+    return entry_lane
+
+
+def _compress(keep: Tensor, values: Tensor, fill: int = -1) -> Tensor:
+    """The entries of ``values`` ``[B, T]`` where ``keep`` ``[B, T]``, left-aligned: ``[B, R]`` (``fill`` padding)."""
+    B, T = keep.shape
+    R = max(int(keep.sum(1).max()) if B else 0, 1)
+    slot = torch.where(keep, torch.cumsum(keep.long(), 1) - 1, R)
+    return torch.full((B, R + 1), fill, dtype=values.dtype).scatter_(1, slot, values)[:, :R]
+
+
+def route_baseline(table: LaneTable, route: Tensor, valid: Tensor, centres: Tensor) -> RouteBaseline:
+    """Build the expert route baseline from the expert's lane objects ``route`` ``[B, T, K]``.
+
+    nuPlan ``get_route_simplified`` (empties and entries sharing an object with the previous kept
+    entry dropped), one piece per entry (its first object). Consecutive pieces that are successors
+    are joined end to start; otherwise (a lane change) the left lane is cut at the projection of the
+    expert centre (``centres`` ``[B, T, 2]``) at the change and the new lane starts at its projection.
+    NAVSIM's centerline stand-in (its EP and lane keeping); nuPlan's EP uses :func:`route_progress`.
+    """
+    B, T, K = route.shape
+    entry_lane = _route_entries(route, valid)
     appended = entry_lane >= 0
     R = max(int(appended.sum(1).max()) if B else 0, 1)
     pos = torch.cumsum(appended.long(), 1) - 1
@@ -693,6 +713,13 @@ def route_baseline(table: LaneTable, route: Tensor, valid: Tensor, centres: Tens
     )
 
 
+def distance_to_route(baseline: RouteBaseline, points: Tensor) -> Tensor:
+    """Distance (m) from points ``[B, M, 2]`` to the route baseline: ``[B, M]`` (inf without a route)."""
+    seg = baseline.seg[:, None]
+    d, _ = point_segment_distance(points[:, :, None, :], seg[..., :2], seg[..., 2:])
+    return torch.where(baseline.valid[:, None], d, torch.full_like(d, math.inf)).amin(-1)
+
+
 def project_on_route(baseline: RouteBaseline, points: Tensor) -> Tensor:
     """Route arc length (m) of the closest baseline point to each of ``points`` ``[B, M, 2]``: ``[B, M]``.
 
@@ -705,3 +732,156 @@ def project_on_route(baseline: RouteBaseline, points: Tensor) -> Tensor:
     seg_len = torch.linalg.vector_norm(seg[..., 2:] - seg[..., :2], dim=-1).expand_as(t)
     s = torch.gather(baseline.seg_s0[:, None].expand_as(t), 2, j) + torch.gather(t * seg_len, 2, j)
     return torch.where(baseline.valid.any(-1, keepdim=True), s[..., 0], torch.full_like(s[..., 0], math.nan))
+
+
+# ----------------------------------------------------------------------------- nuPlan roadblocks and EP
+ROADBLOCK_ENDS_M = 5.0
+"""Lanes of one roadblock start (and end) within this distance of each other (m)."""
+ROADBLOCK_ALONG_M = 2.5
+"""... and their starts (and ends) lie within this distance along the lane direction (m)."""
+ROADBLOCK_COS = math.cos(math.radians(30.0))
+"""... and their start-to-end directions differ by less than 30 degrees."""
+
+
+def lane_ends(table: LaneTable) -> tuple[Tensor, Tensor]:
+    """First and last centreline points of every kept lane: ``[B, K, 2]`` each (0 for padding)."""
+    hi = max(table.points.shape[1] - 1, 0)
+    first = _take(table.points, table.point_start.clamp(0, hi))
+    last = _take(table.points, (table.point_start + table.point_count - 1).clamp(0, hi))
+    has = (table.point_count > 0)[..., None]
+    return torch.where(has, first, torch.zeros(())), torch.where(has, last, torch.zeros(()))
+
+
+def _propagate_min(adj: Tensor, label: Tensor) -> Tensor:
+    """Connected components of the symmetric relation ``adj`` ``[B, K, K]``: the lowest ``label`` in each."""
+    big = torch.iinfo(torch.long).max
+    while True:
+        new = torch.minimum(label, torch.where(adj, label[:, None, :], big).amin(-1))
+        if torch.equal(new, label):
+            return label
+        label = new
+
+
+def roadblocks(table: LaneTable) -> Tensor:
+    """A roadblock (nuPlan's group of side-by-side lanes) for every kept lane: long ``[B, K]``, the
+    lowest local index of its members (-1 padding). The map has no roadblock layer, so it is derived:
+
+    * lanes (not connectors) are side by side when their start points and their end points are
+      within :data:`ROADBLOCK_ENDS_M` of each other, :data:`ROADBLOCK_ALONG_M` along the lane, and
+      their directions agree within 30 degrees; roadblocks are the connected groups of that relation;
+    * connectors form a roadblock connector when they lead from the same roadblock to the same one
+      (lowest predecessor and successor roadblocks equal); a connector without either is alone.
+    """
+    B, K = table.index.shape
+    first, last = lane_ends(table)
+    chord = last - first
+    u = chord / torch.linalg.vector_norm(chord, dim=-1, keepdim=True).clamp_min(1e-6)
+    lane = table.valid & ~table.is_connector & (table.point_count > 1)
+
+    def close(p: Tensor) -> Tensor:
+        d = p[:, None, :, :] - p[:, :, None, :]  # [B, i, j, 2]: p_j - p_i
+        along = (d * u[:, :, None, :]).sum(-1).abs()
+        return (torch.linalg.vector_norm(d, dim=-1) < ROADBLOCK_ENDS_M) & (along < ROADBLOCK_ALONG_M)
+
+    same_dir = (u[:, :, None, :] * u[:, None, :, :]).sum(-1) > ROADBLOCK_COS
+    adj = close(first) & close(last) & same_dir & lane[:, :, None] & lane[:, None, :]
+    adj = adj & adj.transpose(1, 2)
+    ar = torch.arange(K).expand(B, K)
+    label = _propagate_min(adj, ar.clone())
+    big = torch.iinfo(torch.long).max
+    succ = table.successor  # [B, i, j]: j follows i
+    pred_block = torch.where(succ, label[:, :, None], big).amin(1)  # lowest roadblock leading into j
+    succ_block = torch.where(succ, label[:, None, :], big).amin(2)  # lowest roadblock following i
+    conn = table.valid & table.is_connector & (pred_block < big) & (succ_block < big)
+    same = (pred_block[:, :, None] == pred_block[:, None, :]) & (succ_block[:, :, None] == succ_block[:, None, :])
+    same = same & conn[:, :, None] & conn[:, None, :]
+    label = torch.where(conn, torch.where(same, ar[:, None, :], big).amin(-1), label)
+    return torch.where(table.valid, label, -1)
+
+
+@dataclass(frozen=True)
+class RouteBlocks:
+    """nuPlan's route baseline / roadblock pairs ``B_0 .. B_M-1`` of the expert route, per scenario.
+
+    ``lane`` long ``[B, M]``: the lane whose baseline the block uses (the first object of the block's
+    first route entry), -1 padding; ``member`` bool ``[B, M, K]``: the block's lanes (its polygon is
+    their union); ``valid`` bool ``[B, M]``.
+    """
+
+    lane: Tensor
+    member: Tensor
+    valid: Tensor
+
+
+def route_blocks(table: LaneTable, block: Tensor, route: Tensor, valid: Tensor) -> RouteBlocks:
+    """nuPlan ``get_route_baseline_roadblock_linkedlist`` of the expert's lane objects ``route``
+    ``[B, T, K]`` (``valid`` ``[B, T]``) with the roadblocks ``block`` ``[B, K]`` of :func:`roadblocks`:
+    one block per run of route entries in the same roadblock, paired with the first entry's baseline."""
+    entry = _route_entries(route, valid)
+    lanes = _compress(entry >= 0, entry)  # [B, R]
+    ok = lanes >= 0
+    blk = torch.where(ok, torch.gather(block, 1, lanes.clamp_min(0)), -1)
+    prev = torch.cat([torch.full_like(blk[:, :1], -1), blk[:, :-1]], 1)
+    keep = ok & (blk != prev)
+    lane = _compress(keep, lanes)
+    bid = _compress(keep, blk)
+    v = lane >= 0
+    member = (block[:, None, :] == bid[..., None]) & v[..., None] & table.valid[:, None, :]
+    return RouteBlocks(lane=lane, member=member, valid=v)
+
+
+def route_progress(table: LaneTable, blocks: RouteBlocks, contain: Tensor, points: Tensor, valid: Tensor) -> Tensor:
+    """nuPlan ``PerFrameProgressAlongRouteComputer`` (METRICS.md 1.6): per-frame progress (m) ``[B, T]``
+    of the poses ``points`` ``[B, T, 2]`` along the route ``blocks``; ``contain`` ``[B, T, K]`` the lane
+    polygons holding each pose, ``valid`` ``[B, T]`` (a prefix). 0 where there is no route.
+
+    Pose 0 adds 0 and sets ``s`` to its projection on ``B_0``'s baseline. A pose inside the current
+    block adds ``proj - s``; otherwise the first later block holding it (if any) becomes current and
+    the pose adds the rest of the old baseline, the skipped blocks' spans and its projection minus
+    that of the old baseline's end; a pose in no later block adds 0 and keeps the state.
+    """
+    B, T, K = contain.shape
+    M = blocks.lane.shape[1]
+    inblk = torch.einsum("btk,bmk->btm", contain.float(), blocks.member.float()) > 0
+    inblk = inblk & blocks.valid[:, None] & valid[..., None]
+    ar = torch.arange(M)
+    cur = torch.zeros(B, dtype=torch.long)
+    event = torch.zeros(B, T, dtype=torch.long)  # 0 nothing, 1 inside the current block, 2 entered a later one
+    at = torch.zeros(B, T, dtype=torch.long)  # current block after the frame
+    came = torch.zeros(B, T, dtype=torch.long)  # current block before the frame
+    bi = torch.arange(B)
+    for t in range(1, T):
+        inside = inblk[bi, t, cur]
+        j = first_index(inblk[:, t] & (ar[None] > cur[:, None]))
+        enter = ~inside & (j >= 0)
+        came[:, t] = cur
+        cur = torch.where(enter, j, cur)
+        at[:, t] = cur
+        event[:, t] = torch.where(inside, 1, torch.where(enter, 2, 0))
+    has = blocks.valid[:, 0] & valid[:, 0]
+    sets = ((event > 0) | (torch.arange(T) == 0)) & has[:, None]
+    s = torch.zeros(B, T)
+    b, t = sets.nonzero(as_tuple=True)
+    s[b, t] = project_on_lanes(table, b, blocks.lane[b, at[b, t]], points[b, t]).nan_to_num(0.0)
+    # s of the previous frame that set it
+    idx = torch.where(sets, torch.arange(T), -1).cummax(1).values
+    prev_idx = torch.cat([torch.zeros(B, 1, dtype=torch.long), idx[:, :-1]], 1).clamp_min(0)
+    prev_s = torch.gather(s, 1, prev_idx)
+    out = torch.where((event == 1) & has[:, None], s - prev_s, torch.zeros(()))
+
+    # skipped blocks: span_i = proj(first point of B_i+1) - proj(last point of B_i-1), both on B_i
+    first, last = lane_ends(table)
+    lane = blocks.lane.clamp_min(0)
+    first_b, last_b = _take(first, lane), _take(last, lane)  # [B, M, 2]
+    mid = blocks.valid & torch.cat([blocks.valid[:, 1:], torch.zeros(B, 1, dtype=torch.bool)], 1) & (ar > 0)
+    bm, im = mid.nonzero(as_tuple=True)
+    span = torch.zeros(B, M)
+    span[bm, im] = (project_on_lanes(table, bm, lane[bm, im], first_b[bm, im + 1])
+                    - project_on_lanes(table, bm, lane[bm, im], last_b[bm, im - 1])).nan_to_num(0.0)
+    cum = torch.cumsum(span, 1)
+    b, t = ((event == 2) & has[:, None]).nonzero(as_tuple=True)
+    c, j = came[b, t], at[b, t]
+    old_len = torch.gather(table.length, 1, lane)[b, c]
+    end_on_new = project_on_lanes(table, b, lane[b, j], last_b[b, c]).nan_to_num(0.0)
+    out[b, t] = (old_len - prev_s[b, t]) + (cum[b, j - 1] - cum[b, c]) + (s[b, t] - end_on_new)
+    return out

@@ -1,4 +1,5 @@
-"""NAVSIM v1 PDM score (PDMS) on a closed-loop rollout, as pure per-step functions (METRICS.md 2).
+"""NAVSIM v1 PDMS and v2 EPDMS sub-metrics on a closed-loop rollout, as pure per-step functions
+(METRICS.md 2 and 3).
 
 NAVSIM scores one 4 s plan per scene; here the plan is the simulated ego itself: the first
 ``H = horizon / dt + 1`` states (41 at 4 s, 0.1 s) of the simulated part, against **log-replayed**
@@ -6,12 +7,23 @@ agents (the batch's logged agents, whatever the rollout's agent mode). Deviation
 
 * No LQR re-tracking: the rollout's states (already produced by our controller and bicycle model)
   are scored directly; state 0 is the logged start state, as in NAVSIM.
-* EP: the centerline is the expert-route baseline (:func:`lanes.route_baseline`), and the
-  normaliser is the best of the logged expert's raw progress over the same steps and the agent's
-  masked progress, a stand-in for the PDM-Closed proposal unless a reference progress is passed.
-* No traffic lights (no red-light polygons), so nothing is skipped for them; DDC (weight 0 in v1)
-  is not computed. ROADBLOCK / INTERSECTION / CARPARK polygons are replaced by the lane / connector
-  polygons and the drivable rings (NONDRIV), and the intersection test by :mod:`.lanes`' proxy.
+* EP: the centerline is the expert-route baseline (:func:`lanes.route_baseline`), not PDM-Closed's
+  own route polyline. The normaliser is the injected PDM-Closed planner's progress
+  (:data:`closedloop.evaluator.Reference`), driven closed loop from the same start state over the
+  horizon with log-replayed agents and masked by its own NC * DAC (EPDMS: * DDC); its DDC route
+  lanes come from the expert's route over the horizon only. Without a reference the logged
+  expert's raw progress stands in for it.
+* Route lanes (DDC's ONCOMING) are the lanes of the derived roadblocks of the expert route
+  (:func:`lanes.roadblocks`); no roadblocks in the map.
+* No traffic lights (no red-light polygons), so nothing is skipped for them and EPDMS's TLC is
+  reported not applicable (NaN, multiplier 1). EPDMS's EC compares the plans of two scenes 0.5 s
+  apart; a closed-loop rollout has one executed trajectory, so EC is not applicable (NaN) and
+  leaves the weighted average (weights 5 EP, 5 TTC, 2 LK, 2 HC over 14). HC runs on the horizon's
+  states only (NAVSIM prefixes the human's past states). The human filter (a sub-score that is 0
+  for the logged human is 1 for the agent) covers NC, DAC, DDC, TTC and LK, not EP or HC (the log
+  carries no accelerations).
+* ROADBLOCK / INTERSECTION / CARPARK polygons are replaced by the lane / connector polygons and the
+  drivable rings (NONDRIV), and the intersection test by :mod:`.lanes`' proxy.
 * When a scenario has fewer than ``H`` simulated states, the available ones are scored.
 """
 
@@ -41,6 +53,7 @@ from closedloop.evaluator.nuplan import (
 )
 
 TTC_OFFSETS = (0, 3, 6, 9)  # steps: 0, 0.3, 0.6, 0.9 s
+EPDMS_TTC_STEPS = 32  # NAVSIM v2 checks TTC at t = 0 .. 31 only (t + 0.9 s stays within 4 s)
 EGO_STOPPED_TTC = 0.005  # m/s, strict: v < 0.005 is skipped
 
 
@@ -152,3 +165,76 @@ def comfort(scene: Scene, horizon: Tensor) -> MetricValues:
         ax, ay, torch.hypot(ax, ay), scene.ego[:, :H, 2].double(), horizon, scene.dt, comfort_mod.NAVSIM_V1
     )
     return MetricValues(values=ok, valid=checked)
+
+
+# ----------------------------------------------------------------------------- DDC, EPDMS extras
+DDC_WINDOW_S = 1.0  # -> 11 steps at 0.1 s
+LK_DEVIATION_M = 0.5
+LK_DURATION_S = 2.0
+
+
+def route_lanes(ms: MapState) -> Tensor:
+    """NAVSIM's route lanes: every lane of the expert route's roadblocks, bool ``[B, K]``."""
+    return ms.blocks.member.any(1)
+
+
+def oncoming_progress(scene: Scene, ms: MapState, horizon: Tensor, skip_intersections: bool) -> MetricValues:
+    """DDC input: distance (m) driven with the centre on no route lane over the last 1.1 s, ``[B, H]``.
+
+    ``d_t = |c_t - c_{t-1}|`` where the centre is in no route lane / connector polygon (0 at t = 0,
+    and, for EPDMS (``skip_intersections``), 0 where the centre is in an intersection);
+    ``W_t = sum_{j = t-10..t} d_j``. Returned negated (``-W``), the sign :func:`aggregate.ddc_score`
+    reads as "against the direction", so DDC = 1 / 0.5 / 0 for ``max W`` < 2 / < 6 / >= 6 m.
+    Scenarios without a route (the expert never on a lane) get no check.
+    """
+    H = horizon.shape[1]
+    c = scene.centre[:, :H]
+    on_route = (ms.centre_in[:, :H] & route_lanes(ms)[:, None]).any(-1)
+    oncoming = ~on_route & horizon
+    if skip_intersections:
+        oncoming = oncoming & ~ms.centre_intersection[:, :H]
+    step = torch.linalg.vector_norm(c[:, 1:] - c[:, :-1], dim=-1)
+    d = torch.cat([torch.zeros_like(c[:, :1, 0]), torch.where(oncoming[:, 1:], step, torch.zeros(()))], 1)
+    n = int(DDC_WINDOW_S / scene.dt + 1e-6)
+    cum = torch.cumsum(torch.cat([torch.zeros(d.shape[0], n + 1), d], 1), 1)
+    window = cum[:, n + 1 :] - cum[:, :H]
+    return MetricValues(values=-window, valid=horizon & ms.blocks.valid[:, :1])
+
+
+def lane_keeping(scene: Scene, ms: MapState, horizon: Tensor) -> MetricValues:
+    """EPDMS LK input: per step, the centre has been > 0.5 m from the centerline for >= 2 s (20
+    consecutive steps), bool ``[B, H]``; steps in an intersection neither count nor reset the run."""
+    H = horizon.shape[1]
+    d = lanes.distance_to_route(ms.baseline, scene.centre[:, :H])
+    off = (d > LK_DEVIATION_M) & horizon
+    inter = ms.centre_intersection[:, :H]
+    need = math.ceil(LK_DURATION_S / scene.dt - 1e-9)
+    run = torch.zeros(off.shape[0], dtype=torch.long)
+    fail = torch.zeros_like(off)
+    for t in range(H):
+        run = torch.where(inter[:, t], run, torch.where(off[:, t], run + 1, 0))
+        fail[:, t] = run >= need
+    return MetricValues(values=fail, valid=horizon & ms.baseline.has_route[:, None])
+
+
+def history_comfort(scene: Scene, horizon: Tensor) -> MetricValues:
+    """EPDMS HC input: the nuPlan comfort checks (windows 8 / 15 / 5, centre-shifted longitudinal
+    acceleration) over the horizon's states, ``[B, 6, H]``."""
+    H = horizon.shape[1]
+    ax, ay = scene.accel[:, :H, 0].double(), scene.accel[:, :H, 1].double()
+    d = scene.dims[:, 3:4].double()
+    a_lon = ax + d * (scene.yaw_rate[:, :H].double() ** 2 + scene.yaw_accel[:, :H].double())
+    ok, checked = comfort_mod.comfort_within_bounds(
+        a_lon, ay, torch.hypot(ax, ay), scene.ego[:, :H, 2].double(), horizon, scene.dt, comfort_mod.NUPLAN
+    )
+    return MetricValues(values=ok, valid=checked)
+
+
+def route_progress_of(ms: MapState, centres: Tensor, horizon: Tensor) -> Tensor:
+    """Raw centerline progress ``max(0, s(c_last) - s(c_0))`` (m) of centres ``[B, H', 2]`` over the
+    valid steps ``horizon`` ``[B, H']`` on the centerline of ``ms``: ``[B]`` (0 without a route)."""
+    B = horizon.shape[0]
+    last = (horizon.sum(1) - 1).clamp_min(0)
+    bi = torch.arange(B)
+    s = lanes.project_on_route(ms.baseline, torch.stack([centres[:, 0], centres[bi, last]], 1))
+    return (s[:, 1] - s[:, 0]).nan_to_num(0.0).clamp_min(0.0)

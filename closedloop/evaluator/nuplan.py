@@ -12,12 +12,12 @@ Deviations from the devkit, all forced by our data or by batching:
 * DAC (1.4) is the batched equivalent: a corner is *off* when it is in no lane / connector polygon
   and outside the drivable rings, and *far* when, in addition, it is >= 0.3 m from every drivable
   ring edge and from the polygons of the centre's lane objects.
-* EP (1.6) uses the concatenated expert-route baseline (:func:`lanes.route_baseline`); a pose adds
-  progress only while its centre is inside a lane of the expert route, so the sum telescopes to
-  ``s(last in-route pose) - s(pose 0)`` (out-of-route poses add zero), ``s`` being the arc length
-  of the closest baseline point (a route that passes close to itself could snap to the wrong
-  part). Lanes are blocks (no roadblocks in the map): after a lane change away from the expert's
-  lanes progress stops accruing until the ego is back on a route lane.
+* EP / MP (1.6) follow ``PerFrameProgressAlongRouteComputer`` step by step (:func:`lanes.route_progress`),
+  but the map has no roadblock layer: roadblocks are derived from the lane graph and geometry
+  (:func:`lanes.roadblocks`: side-by-side lanes of one direction whose starts and ends line up;
+  connectors between the same two roadblocks). Where the derived grouping differs from the real
+  roadblocks (lanes that split or merge mid-way, lanes shorter than 2.5 m) progress differs.
+  A block's polygon is the union of its lanes' polygons (only lanes near the driven paths are kept).
 * "Intersection" is approximated as described in :mod:`.lanes`.
 
 Equivalent reformulations (same answers): NC keeps the first overlap of each agent (nuPlan's
@@ -169,7 +169,10 @@ class MapState:
     * ``corner_drivable``, ``corner_near_drivable`` ``[B, W, 4]``: inside the drivable rings / closer
       than 0.3 m to a ring edge; ``rear_intersection`` ``[B, W]`` (approximate, see :mod:`.lanes`).
     * ``route`` ``[B, W, K]`` nuPlan route of the ego centre, ``expert_route`` of the expert centre,
-      ``corner_route`` ``[B, W, 4, K]``, ``in_lane`` ``[B, W]`` (InLane_k); ``baseline`` the expert route.
+      ``corner_route`` ``[B, W, 4, K]``, ``in_lane`` ``[B, W]`` (InLane_k); ``baseline`` the expert route
+      as one polyline (NAVSIM's centerline stand-in); ``roadblock`` long ``[B, K]``
+      (:func:`lanes.roadblocks`) and ``blocks`` the expert route's roadblocks (nuPlan EP).
+    * ``centre_intersection`` ``[B, W]``: the ego centre is in an intersection (approximate).
     """
 
     table: lanes.LaneTable
@@ -180,11 +183,14 @@ class MapState:
     corner_drivable: Tensor
     corner_near_drivable: Tensor
     rear_intersection: Tensor
+    centre_intersection: Tensor
     route: Tensor
     expert_route: Tensor
     corner_route: Tensor
     in_lane: Tensor
     baseline: lanes.RouteBaseline
+    roadblock: Tensor
+    blocks: lanes.RouteBlocks
 
 
 def build_map_state(scene: Scene, batch: ScenarioBatch) -> MapState:
@@ -216,6 +222,7 @@ def build_map_state(scene: Scene, batch: ScenarioBatch) -> MapState:
         table, contain[:, :, 6], scene.expert_valid, scene.expert_centre, intersection[:, :, 6]
     )
     corner_route = lanes.extract_corner_routes(table, contain[:, :, 1:5], scene.valid)
+    roadblock = lanes.roadblocks(table)
     return MapState(
         table=table,
         centre_in=contain[:, :, 0],
@@ -225,11 +232,14 @@ def build_map_state(scene: Scene, batch: ScenarioBatch) -> MapState:
         corner_drivable=inside[:, :, 1:5],
         corner_near_drivable=near[:, :, 1:5],
         rear_intersection=intersection[:, :, 5],
+        centre_intersection=intersection[:, :, 0],
         route=route,
         expert_route=expert_route,
         corner_route=corner_route,
         in_lane=lanes.in_lane(table, corner_route),
         baseline=lanes.route_baseline(table, expert_route, scene.expert_valid, scene.expert_centre),
+        roadblock=roadblock,
+        blocks=lanes.route_blocks(table, roadblock, expert_route, scene.expert_valid),
     )
 
 
@@ -333,6 +343,22 @@ def no_at_fault_collisions(scene: Scene, ms: MapState) -> Contacts:
     return classify_contacts(scene, scene.agents, first_step(hit), stopped, ~ms.in_lane)
 
 
+def collision_delta_v(scene: Scene, contacts: Contacts) -> MetricValues:
+    """Ego delta-v (m/s) of each first contact, ``[B, N]`` (nuPlan's ``ego_delta_v_collision`` with
+    equal masses): ``0.5 sqrt(v_e^2 + v_o^2 - 2 v_e v_o cos(theta_e - theta_o))``, ``v_e`` the ego
+    speed, ``theta_e`` its heading, ``v_o`` the object's speed and ``theta_o`` its box heading at the
+    contact step. ``valid`` where there is a contact."""
+    has = contacts.step >= 0
+    t = contacts.step.clamp_min(0)  # [B, N]
+    B, N = t.shape
+    v_e = torch.gather(scene.speed, 1, t).double()
+    th_e = torch.gather(scene.ego[..., 2], 1, t).double()
+    a = torch.gather(scene.agents, 2, t[..., None, None].expand(B, N, 1, 5))[:, :, 0].double()
+    v_o = torch.linalg.vector_norm(a[..., 3:5], dim=-1)
+    sq = v_e**2 + v_o**2 - 2 * v_e * v_o * torch.cos(th_e - a[..., 2])
+    return MetricValues(values=0.5 * sq.clamp_min(0.0).sqrt(), valid=has)
+
+
 def time_to_collision(scene: Scene, ms: MapState, contacts: Contacts) -> MetricValues:
     """Per step: ``TTC_k <= 0.95 s`` (bool ``[B, W]``), i.e. an at-fault contact at k or a projected
     overlap within 0.1..0.9 s with a candidate object (METRICS.md 1.7).
@@ -414,26 +440,16 @@ def driving_direction(scene: Scene, ms: MapState) -> MetricValues:
 
 
 def progress(scene: Scene, ms: MapState) -> MetricValues:
-    """Route progress ``[B, 2]`` (m) of the ego and of the expert (batched EP, see module docstring).
+    """Route progress ``[B, 2]`` (m) of the ego and of the expert along the expert route's roadblocks
+    (METRICS.md 1.6, :func:`lanes.route_progress`), both from ``B_0``.
 
     ``valid`` False where the expert route is empty (nuPlan then gives EP = MP = 1).
     """
-    B, W = scene.valid.shape
-    t = torch.arange(W)
-
-    def last_in_route(inside: Tensor, valid: Tensor) -> Tensor:
-        on = (inside & ms.baseline.lanes[:, None]).any(-1) & valid & (t > 0)
-        return torch.where(on.any(1), W - 1 - on.flip(1).to(torch.uint8).argmax(1), 0)
-
-    le = last_in_route(ms.centre_in, scene.valid)
-    lx = last_in_route(ms.expert_in, scene.expert_valid)
-    bi = torch.arange(B)
-    pts = torch.stack(
-        [scene.centre[:, 0], scene.centre[bi, le], scene.expert_centre[:, 0], scene.expert_centre[bi, lx]], 1
-    )
-    s = lanes.project_on_route(ms.baseline, pts)
-    values = torch.stack([s[:, 1] - s[:, 0], s[:, 3] - s[:, 2]], 1).nan_to_num(0.0)
-    return MetricValues(values=values, valid=ms.baseline.has_route[:, None].expand(B, 2))
+    B = scene.valid.shape[0]
+    ego = lanes.route_progress(ms.table, ms.blocks, ms.centre_in, scene.centre, scene.valid)
+    expert = lanes.route_progress(ms.table, ms.blocks, ms.expert_in, scene.expert_centre, scene.expert_valid)
+    values = torch.stack([ego.sum(1), expert.sum(1)], 1).double()
+    return MetricValues(values=values, valid=ms.blocks.valid[:, 0:1].expand(B, 2))
 
 
 def speed_limit(scene: Scene, ms: MapState) -> MetricValues:
