@@ -24,7 +24,7 @@ from av.observation import Trajectory
 from av.vehicle import VehicleLimits, VehicleState, bicycle_step, ego_box
 from closedloop.sim import agents as agent_model
 from closedloop.sim.base import SimConfig, Snapshot
-from closedloop.sim.collision import collision_flags, pair_mask
+from closedloop.sim.collision import collision_flags
 from closedloop.sim.vehicle import GainTable, Plan, make_plan, place_on_plan, track
 
 
@@ -38,8 +38,8 @@ class SimStatic:
     * ``paths``: the reactive agents' logged paths.
     * ``gains``: the tracker's lateral LQR gains tabulated for the batch's ``dt``.
     * ``collision_rows`` long ``[B, C]``: the boxes (0 = ego, ``1 + n`` = agent ``n``) tested
-      against all others every step; ``collision_pairs`` bool ``[B, C, 1 + N]``: the pairs tested
-      (:func:`~closedloop.sim.collision.pair_mask`).
+      against all others every step; ``collision_row_valid`` bool ``[B, C]``: which slots hold one
+      (:func:`~closedloop.sim.collision.overlapping_pairs`).
     """
 
     batch: ScenarioBatch
@@ -49,7 +49,7 @@ class SimStatic:
     paths: agent_model.AgentPaths
     gains: GainTable
     collision_rows: Tensor
-    collision_pairs: Tensor
+    collision_row_valid: Tensor
 
     @property
     def wheelbase(self) -> Tensor:
@@ -153,7 +153,7 @@ def _collisions(static: SimStatic, ego: VehicleState, agents: Tensor, valid: Ten
     boxes = torch.cat([_ego_box(ego, batch.ego_dims)[:, None],
                        torch.cat([agents[..., :3], batch.agent_sizes], -1)], 1)
     body_valid = torch.cat([ego_valid[:, None], valid], 1)
-    return collision_flags(boxes, body_valid, static.collision_rows, static.collision_pairs)
+    return collision_flags(boxes, body_valid, static.collision_rows, static.collision_row_valid)
 
 
 class BuiltinSimulator:
@@ -191,7 +191,7 @@ class BuiltinSimulator:
         static = SimStatic(
             batch=batch, config=cfg, start=start, last=last, paths=paths,
             gains=GainTable.build(batch.dt, batch.ego.dtype, str(dev)),
-            collision_rows=rows, collision_pairs=pair_mask(rows, row_valid, 1 + batch.agents.shape[1]),
+            collision_rows=rows, collision_row_valid=row_valid,
         )
         ego = _ego_from_log(batch, start)
         agents, valid = agent_model.log_states(batch, start)
