@@ -183,13 +183,18 @@ def take_rows(table: Tensor, idx: Tensor) -> Tensor:
 
 
 def log_states(batch: ScenarioBatch, t: Tensor) -> tuple[Tensor, Tensor]:
-    """Logged agent states ``[B, N, 5]`` and validity ``[B, N]`` at step ``t`` ``[B]`` (long).
+    """Logged agent states ``[B, N, 5]`` (zero where invalid) and validity ``[B, N]`` at step
+    ``t`` ``[B]`` (long); only the valid agents' states are read.
 
     Steps past the batch's last step are invalid.
     """
-    T = batch.agents.shape[2]
+    B, N, T = batch.agent_valid.shape
     valid = at_step(batch.agent_valid, t) & (t < T)[:, None]
-    return at_step(batch.agents, t), valid
+    rows = valid.reshape(-1).nonzero().squeeze(1)  # flat b * N + n; only these are read
+    steps = rows * T + t.clamp(0, T - 1).take(rows.div(N, rounding_mode="floor"))
+    states = batch.agents.new_zeros(B * N, 5)
+    states[rows] = take_rows(batch.agents.reshape(B * N * T, 5), steps)
+    return states.reshape(B, N, 5), valid
 
 
 def _to_slots(paths: AgentPaths, values: Tensor) -> Tensor:
@@ -292,17 +297,17 @@ def leader_pressure(
     lat_bound = torch.where(k_max * reach < 0.5, k_max * (hl + look + reach).square() + reach,
                             torch.full_like(k_max, math.inf)) + 0.01
     yaw = agents[..., 2]
-    per_row = torch.stack([agents[..., 0], agents[..., 1], torch.cos(yaw), torch.sin(yaw), mid, half, lat_bound],
-                          -1).reshape(B * N, 7)[rows]
+    per_row = take_rows(torch.stack([agents[..., 0], agents[..., 1], torch.cos(yaw), torch.sin(yaw), mid, half,
+                                     lat_bound], -1).reshape(B * N, 7), rows)
     # |dx| <= |lon| + |lat| < mid + half + lat_bound inside the window.
     k, col = nearby_pairs(rows.div(N, rounding_mode="floor"), per_row[:, 0], per_row[:, 4:].sum(1), body_valid,
                           bodies[..., 0])
-    ax, ay, c, s, mid, half, lat_bound = per_row[k].unbind(1)
-    flat = bodies.reshape(B * M, -1)
-    dx, dy = flat[col, 0] - ax, flat[col, 1] - ay
-    near = ((dx * c + dy * s - mid).abs() < half) & ((dy * c - dx * s).abs() < lat_bound)
+    ax, ay, c, s, mid, half, lat_bound = take_rows(per_row, k).unbind(1)
+    xy = take_rows(bodies.reshape(B * M, -1)[:, :2], col)
+    dx, dy = xy[:, 0] - ax, xy[:, 1] - ay
+    near = (((dx * c + dy * s - mid).abs() < half) & ((dy * c - dx * s).abs() < lat_bound)).nonzero().squeeze(1)
     return pair_pressure(agents, sizes, speed, curvature, bodies, body_sizes, body_valid,
-                         rows[k][near], col[near], params)
+                         rows.take(k.take(near)), col.take(near), params)
 
 
 def pair_pressure(
@@ -336,12 +341,10 @@ def pair_pressure(
     C = curvature.shape[-1]
     agent = take_rows(torch.cat([torch.stack([ax, ay, c, s, hl, hw, speed, look], -1), curvature], -1)
                       .reshape(B * N, 8 + C), row)
-    cj, sj = torch.cos(bodies[..., 2]), torch.sin(bodies[..., 2])
-    body = torch.stack([bodies[..., 0], bodies[..., 1], cj, sj, 0.5 * body_sizes[..., 0], 0.5 * body_sizes[..., 1],
-                        bodies[..., 3], bodies[..., 4], body_valid.to(bodies.dtype)], -1)
-    body = take_rows(body.reshape(B * M, 9), col)
+    bx, by, yaw, vx, vy = take_rows(bodies.reshape(B * M, 5), col).unbind(1)
+    hlj, hwj = (0.5 * take_rows(body_sizes.reshape(B * M, 2), col)).unbind(1)
+    cj, sj, valid = torch.cos(yaw), torch.sin(yaw), body_valid.reshape(-1).take(col)
     x, y, c, s, hl, hw, v, look = agent[:, :8].unbind(1)
-    bx, by, cj, sj, hlj, hwj, vx, vy, valid = body.unbind(1)
     rx, ry = bx - x, by - y
     lon = rx * c + ry * s
     lat = ry * c - rx * s
@@ -362,7 +365,7 @@ def pair_pressure(
     # look-ahead, and on the near part of the arc (its first 60 degrees: ``k * lat < 1/2``), so
     # the far side of a tight circle never counts.
     blocking = (off.abs() <= hw + hlj * sin_d + hwj * cos_d) & (ahead > 0) & (ahead < look) & (k * lat < 0.5)
-    blocking &= valid > 0
+    blocking &= valid
     gap = (ahead - hlj * cos_d - hwj * sin_d).clamp_min(0.1)
     v_lead = ct * (vx * c + vy * s) + st * (vy * c - vx * s)
     excess = (idm.interaction(v, v_lead, gap, params) - 1.0).clamp_min(0.0) * blocking

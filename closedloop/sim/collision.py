@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from av.checks import bounding_radius, box_overlap
+from closedloop.sim.agents import take_rows
 from closedloop.sim.pairs import nearby_pairs
 
 
@@ -32,27 +33,29 @@ def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Ten
     if M < 2 or rows.shape[1] < 1:
         return empty
     live = row_valid & valid.gather(1, rows)  # a row box that is absent now overlaps nothing
-    row_flat = (rows + torch.arange(B, device=rows.device)[:, None] * M)[live]
+    row_flat = (rows + torch.arange(B, device=rows.device)[:, None] * M).reshape(-1).take(
+        live.reshape(-1).nonzero().squeeze(1))
     flat = boxes.reshape(B * M, 5)
     radius = bounding_radius(boxes[..., 3:5])  # [B, M]
     b_row = row_flat.div(M, rounding_mode="floor")
     radius_max = radius.amax(1)
     radius = radius.reshape(-1)
-    k, col = nearby_pairs(b_row, flat[row_flat, 0], radius[row_flat] + radius_max[b_row], valid, boxes[..., 0])
-    row = row_flat[k]
+    k, col = nearby_pairs(b_row, flat[:, 0].take(row_flat), radius.take(row_flat) + radius_max.take(b_row), valid,
+                          boxes[..., 0])
+    row = row_flat.take(k)
     is_row = torch.zeros(B, M, dtype=torch.bool, device=rows.device).scatter_(1, rows, row_valid).reshape(-1)
-    keep = (col != row) & ((col > row) | ~is_row[col])
-    row, col = row[keep], col[keep]
-    close = (flat[col, :2] - flat[row, :2]).square().sum(-1) <= (radius[row] + radius[col]).square()
-    row, col = row[close], col[close]
-    if row.numel() == 0:
+    keep = ((col != row) & ((col > row) | ~is_row.take(col))).nonzero().squeeze(1)
+    row, col = row.take(keep), col.take(keep)
+    close = (take_rows(flat[:, :2], col) - take_rows(flat[:, :2], row)).square().sum(-1) <= (
+        radius.take(row) + radius.take(col)).square()
+    keep = close.nonzero().squeeze(1)
+    lo, hi = torch.minimum(row, col).take(keep), torch.maximum(row, col).take(keep)
+    if lo.numel() == 0:
         return empty
-    a, o = flat[torch.minimum(row, col)], flat[torch.maximum(row, col)]
-    hit = box_overlap(a, o)
-    lo, hi = torch.minimum(row, col)[hit], torch.maximum(row, col)[hit]
+    hit = box_overlap(take_rows(flat, lo), take_rows(flat, hi)).nonzero().squeeze(1)
+    lo, hi = lo.take(hit), hi.take(hit)
     pairs = torch.stack([lo.div(M, rounding_mode="floor"), lo % M, hi % M], 1)
-    order = torch.argsort(lo * M + hi % M)
-    return pairs[order]
+    return pairs[torch.argsort(lo * M + hi % M)]
 
 
 def collision_flags(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Tensor) -> tuple[Tensor, Tensor]:

@@ -27,15 +27,13 @@ def nearby_pairs(row_scenario: Tensor, row_x: Tensor, reach: Tensor, valid: Tens
     B, M = valid.shape
     items = valid.reshape(-1).nonzero().squeeze(1)  # flat b * M + m
     base = torch.arange(B, device=valid.device, dtype=torch.float64) * SPAN
-    key = base[items.div(M, rounding_mode="floor")] + x.reshape(-1)[items].double().clamp(-X_LIMIT, X_LIMIT)
-    key, order = key.sort()
-    items = items[order]
-    centre = base[row_scenario] + row_x.double().clamp(-X_LIMIT, X_LIMIT)
+    xs = x.reshape(-1).take(items).double().clamp(-X_LIMIT, X_LIMIT)
+    key, order = (base.take(items.div(M, rounding_mode="floor")) + xs).sort()
+    items = items.take(order)
+    centre = base.take(row_scenario) + row_x.double().clamp(-X_LIMIT, X_LIMIT)
     width = reach.double().clamp(max=2.0 * X_LIMIT) + SLACK
     lo = torch.searchsorted(key, centre - width)
-    hi = torch.searchsorted(key, centre + width, right=True)
-    count = hi - lo
+    count = torch.searchsorted(key, centre + width, right=True) - lo
     k = torch.repeat_interleave(torch.arange(row_scenario.shape[0], device=valid.device), count)
-    start = count.cumsum(0) - count  # position of each row's first pair
-    pos = torch.arange(k.shape[0], device=valid.device) - start[k] + lo[k]
-    return k, items[pos]
+    shift = lo - (count.cumsum(0) - count)  # item position minus pair position, per row
+    return k, items.take(torch.arange(k.shape[0], device=valid.device) + shift.take(k))
