@@ -182,14 +182,17 @@ def take_rows(table: Tensor, idx: Tensor) -> Tensor:
     return table.gather(0, idx[:, None].expand(-1, table.shape[1]))
 
 
-def log_states(batch: ScenarioBatch, t: Tensor) -> tuple[Tensor, Tensor]:
+def log_states(batch: ScenarioBatch, valid_by_step: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """Logged agent states ``[B, N, 5]`` (zero where invalid) and validity ``[B, N]`` at step
-    ``t`` ``[B]`` (long); only the valid agents' states are read.
+    ``t`` ``[B]`` (long); ``valid_by_step`` bool ``[B, T, N]`` is ``batch.agent_valid`` laid out
+    time-major, so that one step's validity is one contiguous row per scenario. Only the valid
+    agents' states are read.
 
     Steps past the batch's last step are invalid.
     """
     B, N, T = batch.agent_valid.shape
-    valid = at_step(batch.agent_valid, t) & (t < T)[:, None]
+    row = torch.arange(B, device=t.device) * T + t.clamp(0, T - 1)
+    valid = valid_by_step.reshape(B * T, N).index_select(0, row) & (t < T)[:, None]
     rows = valid.reshape(-1).nonzero().squeeze(1)  # flat b * N + n; only these are read
     steps = rows * T + t.clamp(0, T - 1).take(rows.div(N, rounding_mode="floor"))
     states = batch.agents.new_zeros(B * N, 5)
@@ -292,7 +295,8 @@ def leader_pressure(
     # Per active row: position, heading, and the window (1 cm of slack for rounding).
     hl, look = 0.5 * sizes[..., 0], 20.0 + 6.0 * speed
     mid, half = hl + 0.5 * look, 0.5 * look + 0.01
-    reach = 0.5 * sizes[..., 1] + 0.5 * torch.hypot(body_sizes[..., 0], body_sizes[..., 1]).amax(1, keepdim=True)
+    # Bound on the bodies' bounding radii (from the longest and the widest body).
+    reach = 0.5 * sizes[..., 1] + 0.5 * torch.hypot(body_sizes[..., 0].amax(1), body_sizes[..., 1].amax(1))[:, None]
     k_max = curvature.abs().amax(-1)
     lat_bound = torch.where(k_max * reach < 0.5, k_max * (hl + look + reach).square() + reach,
                             torch.full_like(k_max, math.inf)) + 0.01

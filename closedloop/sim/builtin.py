@@ -35,7 +35,8 @@ class SimStatic:
     * ``batch``: the :class:`ScenarioBatch` on the simulation device; ``config``: the settings.
     * ``start`` long ``[B]``: first simulated step (each scenario's ``history_steps``);
       ``last`` long ``[B]``: its last valid step.
-    * ``paths``: the reactive agents' logged paths.
+    * ``paths``: the reactive agents' logged paths; ``valid_by_step`` bool ``[B, T, N]``: the
+      log's agent validity, time-major (one step is one contiguous row per scenario).
     * ``gains``: the tracker's lateral LQR gains tabulated for the batch's ``dt``.
     * ``collision_rows`` long ``[B, C]``: the boxes (0 = ego, ``1 + n`` = agent ``n``) tested
       against all others every step; ``collision_row_valid`` bool ``[B, C]``: which slots hold one
@@ -47,6 +48,7 @@ class SimStatic:
     start: Tensor
     last: Tensor
     paths: agent_model.AgentPaths
+    valid_by_step: Tensor
     gains: GainTable
     collision_rows: Tensor
     collision_row_valid: Tensor
@@ -190,11 +192,12 @@ class BuiltinSimulator:
             row_valid = torch.cat([row_valid, paths.slot], 1)
         static = SimStatic(
             batch=batch, config=cfg, start=start, last=last, paths=paths,
+            valid_by_step=batch.agent_valid.transpose(1, 2).contiguous(),
             gains=GainTable.build(batch.dt, batch.ego.dtype, str(dev)),
             collision_rows=rows, collision_row_valid=row_valid,
         )
         ego = _ego_from_log(batch, start)
-        agents, valid = agent_model.log_states(batch, start)
+        agents, valid = agent_model.log_states(batch, static.valid_by_step, start)
         ego_hit, agent_hit = _collisions(static, ego, agents, valid, torch.ones(B, dtype=torch.bool, device=dev))
         agent_s = agent_model.path_length_at(static.paths, start)
         agent_speed = agent_model.logged_speed(static.paths, start)
@@ -239,7 +242,7 @@ class BuiltinSimulator:
             new_ego = bicycle_step(ego, accel, steer_rate, wheelbase, self.limits, dt)
 
         t_next = state.t + 1
-        log_next, valid_next = agent_model.log_states(batch, t_next)
+        log_next, valid_next = agent_model.log_states(batch, static.valid_by_step, t_next)
         paths = static.paths
         s_log = agent_model.path_length_at(paths, t_next)
         v_log = agent_model.logged_speed(paths, t_next)

@@ -36,18 +36,18 @@ def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Ten
     row_flat = (rows + torch.arange(B, device=rows.device)[:, None] * M).reshape(-1).take(
         live.reshape(-1).nonzero().squeeze(1))
     flat = boxes.reshape(B * M, 5)
-    radius = bounding_radius(boxes[..., 3:5])  # [B, M]
     b_row = row_flat.div(M, rounding_mode="floor")
-    radius_max = radius.amax(1)
-    radius = radius.reshape(-1)
-    k, col = nearby_pairs(b_row, flat[:, 0].take(row_flat), radius.take(row_flat) + radius_max.take(b_row), valid,
+    # Reach along x: the row's bounding radius plus a bound on its scenario's (longest, widest box).
+    radius_max = bounding_radius(torch.stack([boxes[..., 3].amax(1), boxes[..., 4].amax(1)], -1))
+    row_box = take_rows(flat, row_flat)
+    k, col = nearby_pairs(b_row, row_box[:, 0], bounding_radius(row_box[:, 3:5]) + radius_max.take(b_row), valid,
                           boxes[..., 0])
     row = row_flat.take(k)
     is_row = torch.zeros(B, M, dtype=torch.bool, device=rows.device).scatter_(1, rows, row_valid).reshape(-1)
     keep = ((col != row) & ((col > row) | ~is_row.take(col))).nonzero().squeeze(1)
     row, col = row.take(keep), col.take(keep)
-    close = (take_rows(flat[:, :2], col) - take_rows(flat[:, :2], row)).square().sum(-1) <= (
-        radius.take(row) + radius.take(col)).square()
+    a, o = take_rows(flat, row), take_rows(flat, col)
+    close = (o[:, :2] - a[:, :2]).square().sum(-1) <= (bounding_radius(a[:, 3:5]) + bounding_radius(o[:, 3:5])).square()
     keep = close.nonzero().squeeze(1)
     lo, hi = torch.minimum(row, col).take(keep), torch.maximum(row, col).take(keep)
     if lo.numel() == 0:
