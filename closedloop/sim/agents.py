@@ -126,7 +126,7 @@ def build_paths(batch: ScenarioBatch) -> AgentPaths:
     moving_kind = (types == int(AgentType.VEHICLE)) | (types == int(AgentType.CYCLIST))
     candidate = moving_kind.reshape(-1).nonzero().squeeze(1)  # flat b * N + n, ascending
     valid = batch.agent_valid.reshape(B * N, T)[candidate]
-    pose = _fill_invalid(batch.agents.reshape(B * N, T, -1)[candidate, :, :3], valid)
+    pose = _fill_invalid(batch.agents.reshape(B * N, T, -1).index_select(0, candidate)[..., :3], valid)
     seg = (pose[:, 1:, :2] - pose[:, :-1, :2]).norm(dim=-1)
     reactive = torch.zeros(B * N, dtype=torch.bool, device=types.device)
     reactive[candidate] = seg.sum(-1) >= MIN_PATH_LENGTH
@@ -158,7 +158,9 @@ def build_paths(batch: ScenarioBatch) -> AgentPaths:
     reach = torch.tensor(CURVATURE_REACH, dtype=pose.dtype, device=pose.device)
     C = len(CURVATURE_REACH)
     flat, frac = _segments(s, (s[..., None] + reach).reshape(K, P * C))
-    yaw_ahead = _interpolate_yaw(pose[..., 2].reshape(K * P, 1), flat, frac).reshape(K, P, C)
+    yaw = pose[..., 2].reshape(K * P)
+    turn = wrap_angle(torch.cat([yaw[1:] - yaw[:-1], yaw.new_zeros(1)]))  # each segment's, once
+    yaw_ahead = wrap_angle(yaw.take(flat) + frac[:, 0] * turn.take(flat)).reshape(K, P, C)
     curvature = wrap_angle(yaw_ahead - pose[..., 2:3]) / reach
     return AgentPaths(reactive=reactive, index=index, slot=slot, path_slot=path_slot,
                       points=torch.cat([pose, curvature], -1).contiguous(), s=s, speed=speed.contiguous())
