@@ -179,10 +179,11 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _time_sim(batch: ScenarioBatch, steps: int) -> tuple[float, Any, float, float]:
+def _time_sim(batch: ScenarioBatch, steps: int) -> tuple[float, Any, float, float, float]:
     """Seconds per ``step`` of the builtin simulator (IDM agents, all collision checks), tracking a
     constant-velocity plan set once; returns the time, the state reached, the seconds of the
-    ``reset`` and the mean number of valid agents per timed step (over the whole batch)."""
+    ``reset``, the mean number of valid agents per timed step (over the whole batch) and the
+    process CPU seconds per step (all threads; steadier than wall time on a shared machine)."""
     from av.observe import ObservationSpec, observe
     from closedloop.planner import make_planner
     from closedloop.sim import BuiltinSimulator
@@ -196,11 +197,12 @@ def _time_sim(batch: ScenarioBatch, steps: int) -> tuple[float, Any, float, floa
     del obs
     state = sim.step(state)  # warm-up
     valid = torch.zeros((), dtype=torch.long)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps - 1):
         state = sim.step(state)
         valid += state.agent_valid.sum()
-    return (time.perf_counter() - t0) / (steps - 1), state, reset_s, float(valid) / (steps - 1)
+    cpu = (time.process_time() - c0) / (steps - 1)
+    return (time.perf_counter() - t0) / (steps - 1), state, reset_s, float(valid) / (steps - 1), cpu
 
 
 def bench_sim(batches: Sequence[int] = (1, 64, 1024), agents: int = 32, steps: int = 50, seed: int = 0) -> dict:
@@ -212,7 +214,7 @@ def bench_sim(batches: Sequence[int] = (1, 64, 1024), agents: int = 32, steps: i
     for B in batches:
         print(f"bench sim: B={B} N={agents}: building {B} scenarios", file=sys.stderr)
         batch = collate(synthetic_scenarios(B, agents, steps, seed))
-        per_step, state, reset_s, _ = _time_sim(batch, steps)
+        per_step, state, reset_s, _, _ = _time_sim(batch, steps)
         kernel = _time_numpy_kernel(batch, steps)
         sim_rate, kernel_rate = B * agents / per_step, B * agents / kernel
         print(f"  sim {per_step * 1e3:.2f} ms/step, numpy kernel {kernel * 1e3:.2f} ms/step", file=sys.stderr)
@@ -239,7 +241,8 @@ def bench_sim_store(store: Path, batches: Sequence[int] = (1, 64, 1024), steps: 
 
     Each row counts the VALID agents (``valid_agents``: mean per scenario over the timed steps)
     beside the padded slots (``agents``), and gives ``valid_agent_steps_per_s`` (the figure that
-    counts), ``padded_agent_steps_per_s``, the ``reset`` time ``reset_s`` and ``peak_rss_mib``,
+    counts), ``padded_agent_steps_per_s``, the process CPU time per step ``sim_cpu_ms_per_step``
+    (all threads), the ``reset`` time ``reset_s`` and ``peak_rss_mib``,
     the process's peak resident memory once the row is done (rows run in the order given, so
     give the batch sizes ascending to read each row's own peak).
     """
@@ -255,7 +258,7 @@ def bench_sim_store(store: Path, batches: Sequence[int] = (1, 64, 1024), steps: 
     for B in batches:
         print(f"bench sim: B={B}: {len(windows)} real windows from {store}, tiled", file=sys.stderr)
         batch = collate(tile(windows, B))
-        per_step, state, reset_s, valid = _time_sim(batch, steps)
+        per_step, state, reset_s, valid, cpu = _time_sim(batch, steps)
         del state
         N = batch.agents.shape[1]
         print(f"  sim {per_step * 1e3:.2f} ms/step, {valid / B:.1f} valid of {N} agents, reset {reset_s:.2f} s",
@@ -263,6 +266,7 @@ def bench_sim_store(store: Path, batches: Sequence[int] = (1, 64, 1024), steps: 
         rows.append({
             "batch": B, "windows": len(windows), "agents": N, "valid_agents": round(valid / B, 1), "steps": steps,
             "sim_ms_per_step": round(per_step * 1e3, 3),
+            "sim_cpu_ms_per_step": round(cpu * 1e3, 3),
             "valid_agent_steps_per_s": round(valid / per_step),
             "padded_agent_steps_per_s": round(B * N / per_step),
             "reset_s": round(reset_s, 3),
