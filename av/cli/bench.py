@@ -214,7 +214,7 @@ def bench_sim(batches: Sequence[int] = (1, 64, 1024), agents: int = 32, steps: i
     for B in batches:
         print(f"bench sim: B={B} N={agents}: building {B} scenarios", file=sys.stderr)
         batch = collate(synthetic_scenarios(B, agents, steps, seed))
-        per_step, state, reset_s, _, _ = _time_sim(batch, steps)
+        per_step, state, reset_s, _, cpu = _time_sim(batch, steps)
         kernel = _time_numpy_kernel(batch, steps)
         sim_rate, kernel_rate = B * agents / per_step, B * agents / kernel
         print(f"  sim {per_step * 1e3:.2f} ms/step, numpy kernel {kernel * 1e3:.2f} ms/step", file=sys.stderr)
@@ -224,6 +224,7 @@ def bench_sim(batches: Sequence[int] = (1, 64, 1024), agents: int = 32, steps: i
             "agent_steps_per_s": round(sim_rate),
             "kernel_agent_steps_per_s": round(kernel_rate),
             "ratio": round(kernel_rate / sim_rate, 3),
+            "sim_cpu_ms_per_step": round(cpu * 1e3, 3),
             "reset_s": round(reset_s, 3),
             "peak_rss_mib": round(_peak_rss_mib()),
         })
