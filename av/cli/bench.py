@@ -179,19 +179,19 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _time_sim(batch: ScenarioBatch, steps: int) -> tuple[float, Any, float, float, float]:
+def _time_sim(batch: ScenarioBatch, steps: int) -> tuple[float, Any, tuple[float, float], float, float]:
     """Seconds per ``step`` of the builtin simulator (IDM agents, all collision checks), tracking a
-    constant-velocity plan set once; returns the time, the state reached, the seconds of the
-    ``reset``, the mean number of valid agents per timed step (over the whole batch) and the
+    constant-velocity plan set once; returns the time, the state reached, the wall and process
+    CPU seconds of the ``reset``, the mean number of valid agents per timed step (over the whole batch) and the
     process CPU seconds per step (all threads; steadier than wall time on a shared machine)."""
     from av.observe import ObservationSpec, observe
     from closedloop.planner import make_planner
     from closedloop.sim import BuiltinSimulator
 
     sim = BuiltinSimulator(agents="idm")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     state = sim.reset(batch)
-    reset_s = time.perf_counter() - t0
+    reset_s, reset_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     obs = observe(batch, state.t, ObservationSpec())
     state = sim.set_plan(state, make_planner("constant_velocity", horizon_steps=steps + 10).plan(obs))
     del obs
@@ -202,7 +202,7 @@ def _time_sim(batch: ScenarioBatch, steps: int) -> tuple[float, Any, float, floa
         state = sim.step(state)
         valid += state.agent_valid.sum()
     cpu = (time.process_time() - c0) / (steps - 1)
-    return (time.perf_counter() - t0) / (steps - 1), state, reset_s, float(valid) / (steps - 1), cpu
+    return (time.perf_counter() - t0) / (steps - 1), state, (reset_s, reset_cpu_s), float(valid) / (steps - 1), cpu
 
 
 def bench_sim(batches: Sequence[int] = (1, 64, 1024), agents: int = 32, steps: int = 50, seed: int = 0) -> dict:
@@ -214,7 +214,7 @@ def bench_sim(batches: Sequence[int] = (1, 64, 1024), agents: int = 32, steps: i
     for B in batches:
         print(f"bench sim: B={B} N={agents}: building {B} scenarios", file=sys.stderr)
         batch = collate(synthetic_scenarios(B, agents, steps, seed))
-        per_step, state, reset_s, _, cpu = _time_sim(batch, steps)
+        per_step, state, reset, _, cpu = _time_sim(batch, steps)
         kernel = _time_numpy_kernel(batch, steps)
         sim_rate, kernel_rate = B * agents / per_step, B * agents / kernel
         print(f"  sim {per_step * 1e3:.2f} ms/step, numpy kernel {kernel * 1e3:.2f} ms/step", file=sys.stderr)
@@ -225,7 +225,8 @@ def bench_sim(batches: Sequence[int] = (1, 64, 1024), agents: int = 32, steps: i
             "kernel_agent_steps_per_s": round(kernel_rate),
             "ratio": round(kernel_rate / sim_rate, 3),
             "sim_cpu_ms_per_step": round(cpu * 1e3, 3),
-            "reset_s": round(reset_s, 3),
+            "reset_s": round(reset[0], 3),
+            "reset_cpu_s": round(reset[1], 3),
             "peak_rss_mib": round(_peak_rss_mib()),
         })
         state_bytes[B] = tensor_bytes(state)
@@ -243,7 +244,7 @@ def bench_sim_store(store: Path, batches: Sequence[int] = (1, 64, 1024), steps: 
     Each row counts the VALID agents (``valid_agents``: mean per scenario over the timed steps)
     beside the padded slots (``agents``), and gives ``valid_agent_steps_per_s`` (the figure that
     counts), ``padded_agent_steps_per_s``, the process CPU time per step ``sim_cpu_ms_per_step``
-    (all threads), the ``reset`` time ``reset_s`` and ``peak_rss_mib``,
+    (all threads), the ``reset`` wall and CPU times ``reset_s``, ``reset_cpu_s`` and ``peak_rss_mib``,
     the process's peak resident memory once the row is done (rows run in the order given, so
     give the batch sizes ascending to read each row's own peak).
     """
@@ -259,10 +260,10 @@ def bench_sim_store(store: Path, batches: Sequence[int] = (1, 64, 1024), steps: 
     for B in batches:
         print(f"bench sim: B={B}: {len(windows)} real windows from {store}, tiled", file=sys.stderr)
         batch = collate(tile(windows, B))
-        per_step, state, reset_s, valid, cpu = _time_sim(batch, steps)
+        per_step, state, reset, valid, cpu = _time_sim(batch, steps)
         del state
         N = batch.agents.shape[1]
-        print(f"  sim {per_step * 1e3:.2f} ms/step, {valid / B:.1f} valid of {N} agents, reset {reset_s:.2f} s",
+        print(f"  sim {per_step * 1e3:.2f} ms/step, {valid / B:.1f} valid of {N} agents, reset {reset[0]:.2f} s",
               file=sys.stderr)
         rows.append({
             "batch": B, "windows": len(windows), "agents": N, "valid_agents": round(valid / B, 1), "steps": steps,
@@ -270,7 +271,8 @@ def bench_sim_store(store: Path, batches: Sequence[int] = (1, 64, 1024), steps: 
             "sim_cpu_ms_per_step": round(cpu * 1e3, 3),
             "valid_agent_steps_per_s": round(valid / per_step),
             "padded_agent_steps_per_s": round(B * N / per_step),
-            "reset_s": round(reset_s, 3),
+            "reset_s": round(reset[0], 3),
+            "reset_cpu_s": round(reset[1], 3),
             "peak_rss_mib": round(_peak_rss_mib()),
         })
         del batch
