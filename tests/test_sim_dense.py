@@ -67,7 +67,7 @@ def test_sparse_leader_search_equals_all_pairs_on_real_drives_and_variants(dense
         agents, sizes, speed, curvature, present, bodies, body_sizes, body_valid = _leader_inputs(state)
         fast = leader_pressure(agents, sizes, speed, curvature, present, bodies, body_sizes, body_valid, sim.idm)
         # Oracle: the exact test on every (present agent, body of its scenario) pair, no broad phase.
-        B, R = present.shape
+        R = present.shape[1]
         M = bodies.shape[1]
         rows = present.reshape(-1).nonzero().squeeze(1)
         row = rows.repeat_interleave(M)

@@ -234,7 +234,7 @@ def sample_path(paths: AgentPaths, s: Tensor) -> Tensor:
     ``s`` ``[B, R, Q]``, interpolated linearly between the logged points (0 in slots without a
     reactive agent)."""
     B, R, Q = s.shape
-    K, P, F = paths.points.shape
+    K, _, F = paths.points.shape
     if K == 0 or Q == 0:
         return s.new_zeros(B, R, Q, F)
     flat, frac = _segments(paths.s, s.reshape(B * R, Q)[paths.path_slot])

@@ -72,7 +72,8 @@ class SimState:
       agent): ``agent_s`` ``[B, R]`` arc length along the agent's logged path (m),
       ``agent_speed`` ``[B, R]`` (m/s, over the last step) and ``agent_curvature`` ``[B, R, C]``
       (1/m, mean curvatures of the path ahead over ``agents.CURVATURE_REACH``; zeros in log
-      mode, where ``agent_s``/``agent_speed`` follow the log).
+      mode, where ``agent_s``/``agent_speed`` follow the log); all three are 0 in the slots
+      that hold no reactive agent.
     * ``ego_collision`` bool ``[B, N]``: the ego's box overlaps agent ``n`` now;
       ``agent_collision`` bool ``[B, N]``: agent ``n`` overlaps another agent now, in a pair with
       at least one reactive agent (so all False in log mode: contacts between log-replayed
