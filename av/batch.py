@@ -82,10 +82,11 @@ def _pad(arrays: Sequence[np.ndarray], fill: float | int | bool, dtype: torch.dt
         raise ValueError("cannot batch zero scenarios")
     rank = arrays[0].ndim
     shape = [max(a.shape[d] for a in arrays) for d in range(rank)]
-    out = np.full([len(arrays), *shape], fill, dtype=arrays[0].dtype)
+    # Filled in the target dtype directly: no float64 copy of the whole batch on the way.
+    out = np.full([len(arrays), *shape], fill, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
     for i, a in enumerate(arrays):
         out[(i, *[slice(0, s) for s in a.shape])] = a
-    return torch.from_numpy(out).to(dtype)
+    return torch.from_numpy(out)
 
 
 def ring_edges(points: np.ndarray, offsets: np.ndarray) -> np.ndarray:

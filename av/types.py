@@ -87,6 +87,8 @@ class Provenance:
 
 
 def _frozen(a: Any, dtype: Any) -> np.ndarray:
+    if isinstance(a, np.ndarray) and a.dtype == dtype and not a.flags.writeable and a.flags.owndata:
+        return a  # made by this function (a field carried over by ``replace``): share it, never copy
     arr = np.array(a, dtype=dtype, copy=True)
     arr.flags.writeable = False
     return arr

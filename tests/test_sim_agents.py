@@ -21,7 +21,7 @@ from closedloop.planners.constant_velocity import ConstantVelocityPlanner
 from av.observe import ObservationSpec, Window, observe
 from closedloop.driver import rollout
 from closedloop.sim import BuiltinSimulator, SimConfig, SimState
-from closedloop.sim.collision import collision_flags, overlapping_pairs, pair_mask
+from closedloop.sim.collision import collision_flags, overlapping_pairs
 
 DT = 0.1
 T = 80
@@ -198,23 +198,23 @@ def test_broad_phase_finds_exactly_the_brute_force_pairs() -> None:
     brute = box_overlap(boxes[:, :, None], boxes[:, None, :])  # [B, M, M]
     brute &= torch.ones(M, M, dtype=torch.bool).triu(1) & valid[:, :, None] & valid[:, None, :]
     every, all_valid = torch.arange(M).expand(B, M), torch.ones(B, M, dtype=torch.bool)
-    pairs = overlapping_pairs(boxes, valid, every, pair_mask(every, all_valid, M))
+    pairs = overlapping_pairs(boxes, valid, every, all_valid)
     assert len(pairs) > 5
     assert pairs.tolist() == brute.nonzero().tolist()
     ego = torch.zeros(B, 1, dtype=torch.long)
-    ego_only = overlapping_pairs(boxes, valid, ego, pair_mask(ego, torch.ones(B, 1, dtype=torch.bool), M))
+    ego_only = overlapping_pairs(boxes, valid, ego, torch.ones(B, 1, dtype=torch.bool))
     assert ego_only.tolist() == brute[:, :1].nonzero().tolist()
     # rows 0, 5 and 7 (7 only in scenario 0): every pair touching one of them, each once
     rows = torch.tensor([[0, 7, 5]] * B)
     row_valid = torch.tensor([[True, True, True]] + [[True, False, True]] * (B - 1))
-    some = overlapping_pairs(boxes, valid, rows, pair_mask(rows, row_valid, M))
+    some = overlapping_pairs(boxes, valid, rows, row_valid)
     touching = torch.zeros(B, M, M, dtype=torch.bool)
     for b in range(B):
         for r in rows[b][row_valid[b]].tolist():
             touching[b, r, :] = True
             touching[b, :, r] = True
     assert some.tolist() == (brute & touching).nonzero().tolist()
-    ego_hit, agent_hit = collision_flags(boxes, valid, every, pair_mask(every, all_valid, M))
+    ego_hit, agent_hit = collision_flags(boxes, valid, every, all_valid)
     assert ego_hit.tolist() == brute[:, 0, 1:].tolist()
     among = brute[:, 1:, 1:]
     assert agent_hit.tolist() == (among.any(2) | among.any(1)).tolist()

@@ -3,7 +3,9 @@
 ``av bench sim`` times the builtin simulator's step (reactive IDM agents, ego-agent and
 agent-agent collision checks) on synthetic batches (a straight four-lane road, random agents at
 random speeds, no data needed) beside a bare vectorised NumPy kernel of the same bicycle update
-and box-overlap test, in the same process. Progress goes to stderr.
+and box-overlap test, in the same process. With ``--store`` it also times the real scenario
+windows of a store, all agents, tiled to each batch size, counting valid agents beside the
+padded slots (``"sim_store"``). Progress goes to stderr.
 
 It also times a full closed-loop evaluation (simulator + IDM planner + every metric) of
 ``--eval-scenarios`` 15 s scenarios (synthetic drives from ``av data synth``, repeated) under the
@@ -170,22 +172,37 @@ def tensor_bytes(value: Any, seen: set[int] | None = None) -> int:
     return 0
 
 
-def _time_sim(batch: ScenarioBatch, steps: int) -> tuple[float, Any]:
+def _peak_rss_mib() -> float:
+    """The process's peak resident memory so far, MiB (Linux ``ru_maxrss`` is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _time_sim(batch: ScenarioBatch, steps: int) -> tuple[float, Any, tuple[float, float], float, float]:
     """Seconds per ``step`` of the builtin simulator (IDM agents, all collision checks), tracking a
-    constant-velocity plan set once; returns the time and the state reached."""
+    constant-velocity plan set once; returns the time, the state reached, the wall and process
+    CPU seconds of the ``reset``, the mean number of valid agents per timed step (over the whole batch) and the
+    process CPU seconds per step (all threads; steadier than wall time on a shared machine)."""
     from av.observe import ObservationSpec, observe
     from closedloop.planner import make_planner
     from closedloop.sim import BuiltinSimulator
 
     sim = BuiltinSimulator(agents="idm")
+    t0, c0 = time.perf_counter(), time.process_time()
     state = sim.reset(batch)
+    reset_s, reset_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     obs = observe(batch, state.t, ObservationSpec())
     state = sim.set_plan(state, make_planner("constant_velocity", horizon_steps=steps + 10).plan(obs))
+    del obs
     state = sim.step(state)  # warm-up
-    t0 = time.perf_counter()
+    valid = torch.zeros((), dtype=torch.long)
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps - 1):
         state = sim.step(state)
-    return (time.perf_counter() - t0) / (steps - 1), state
+        valid += state.agent_valid.sum()
+    cpu = (time.process_time() - c0) / (steps - 1)
+    return (time.perf_counter() - t0) / (steps - 1), state, (reset_s, reset_cpu_s), float(valid) / (steps - 1), cpu
 
 
 def bench_sim(batches: Sequence[int] = (1, 64, 1024), agents: int = 32, steps: int = 50, seed: int = 0) -> dict:
@@ -197,7 +214,7 @@ def bench_sim(batches: Sequence[int] = (1, 64, 1024), agents: int = 32, steps: i
     for B in batches:
         print(f"bench sim: B={B} N={agents}: building {B} scenarios", file=sys.stderr)
         batch = collate(synthetic_scenarios(B, agents, steps, seed))
-        per_step, state = _time_sim(batch, steps)
+        per_step, state, reset, _, cpu = _time_sim(batch, steps)
         kernel = _time_numpy_kernel(batch, steps)
         sim_rate, kernel_rate = B * agents / per_step, B * agents / kernel
         print(f"  sim {per_step * 1e3:.2f} ms/step, numpy kernel {kernel * 1e3:.2f} ms/step", file=sys.stderr)
@@ -207,6 +224,10 @@ def bench_sim(batches: Sequence[int] = (1, 64, 1024), agents: int = 32, steps: i
             "agent_steps_per_s": round(sim_rate),
             "kernel_agent_steps_per_s": round(kernel_rate),
             "ratio": round(kernel_rate / sim_rate, 3),
+            "sim_cpu_ms_per_step": round(cpu * 1e3, 3),
+            "reset_s": round(reset[0], 3),
+            "reset_cpu_s": round(reset[1], 3),
+            "peak_rss_mib": round(_peak_rss_mib()),
         })
         state_bytes[B] = tensor_bytes(state)
     largest = max(batches)
@@ -214,6 +235,48 @@ def bench_sim(batches: Sequence[int] = (1, 64, 1024), agents: int = 32, steps: i
     if 1024 in state_bytes:
         memory["state_bytes_b1024"] = state_bytes[1024]
     return {"sim": rows, "memory": memory, "torch_threads": torch.get_num_threads()}
+
+
+def bench_sim_store(store: Path, batches: Sequence[int] = (1, 64, 1024), steps: int = 50) -> dict:
+    """The simulator on the real scenario windows of ``store`` with all their agents, tiled (in
+    store order, repeated) to each batch size: ``{"sim_store": [...]}``, one row per batch size.
+
+    Each row counts the VALID agents (``valid_agents``: mean per scenario over the timed steps)
+    beside the padded slots (``agents``), and gives ``valid_agent_steps_per_s`` (the figure that
+    counts), ``padded_agent_steps_per_s``, the process CPU time per step ``sim_cpu_ms_per_step``
+    (all threads), the ``reset`` wall and CPU times ``reset_s``, ``reset_cpu_s`` and ``peak_rss_mib``,
+    the process's peak resident memory once the row is done (rows run in the order given, so
+    give the batch sizes ascending to read each row's own peak).
+    """
+    from closedloop.bench import tile
+    from scenarios.store import read_store
+
+    if steps < 2 or not batches or min(batches) < 1:
+        raise AvError("bench sim: need --steps >= 2 and batch sizes >= 1")
+    windows = read_store(store)
+    if not windows:
+        raise AvError(f"bench sim: store {store} holds no scenarios")
+    rows = []
+    for B in batches:
+        print(f"bench sim: B={B}: {len(windows)} real windows from {store}, tiled", file=sys.stderr)
+        batch = collate(tile(windows, B))
+        per_step, state, reset, valid, cpu = _time_sim(batch, steps)
+        del state
+        N = batch.agents.shape[1]
+        print(f"  sim {per_step * 1e3:.2f} ms/step, {valid / B:.1f} valid of {N} agents, reset {reset[0]:.2f} s",
+              file=sys.stderr)
+        rows.append({
+            "batch": B, "windows": len(windows), "agents": N, "valid_agents": round(valid / B, 1), "steps": steps,
+            "sim_ms_per_step": round(per_step * 1e3, 3),
+            "sim_cpu_ms_per_step": round(cpu * 1e3, 3),
+            "valid_agent_steps_per_s": round(valid / per_step),
+            "padded_agent_steps_per_s": round(B * N / per_step),
+            "reset_s": round(reset[0], 3),
+            "reset_cpu_s": round(reset[1], 3),
+            "peak_rss_mib": round(_peak_rss_mib()),
+        })
+        del batch
+    return {"sim_store": rows, "store": str(store)}
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -226,6 +289,8 @@ def _sim(args: argparse.Namespace) -> int:
             raise AvError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     figures = bench_sim(batches, args.agents, args.steps, args.seed)
+    if args.store is not None:
+        figures.update(bench_sim_store(args.store, batches, args.steps))
     if args.eval_scenarios > 0:
         figures["eval"] = _bench_eval(args.eval_scenarios, args.seed)
     print(json.dumps(figures))
@@ -267,6 +332,8 @@ def _bench_variants(seed: int) -> dict:
 
 def _all(args: argparse.Namespace) -> int:
     figures = bench_sim((1, 64, 1024), 32, 50, args.seed)
+    if args.store is not None:
+        figures.update(bench_sim_store(args.store, (1, 64, 1024), 50))
     figures["eval"] = _bench_eval(1000, args.seed)
     figures["variants"] = _bench_variants(args.seed)
     print(json.dumps(figures))
@@ -323,6 +390,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 compares like with like against the "
                         "single-threaded NumPy kernel and is steadier on a busy machine)")
+    s.add_argument("--store", type=Path, default=None,
+                   help="scenario store (e.g. from `av data import`): also time its real windows, all agents, "
+                        "tiled to each batch size (\"sim_store\" rows: valid agents, reset time, peak memory)")
     s.add_argument("--eval-scenarios", type=int, default=1000,
                    help="scenarios of the full closed-loop evaluation timing, 0 to skip (default: 1000)")
     s.set_defaults(func=_sim)
@@ -346,4 +416,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     cl.set_defaults(func=_closedloop)
     a = cmds.add_parser("all", help="every benchmark, one JSON object")
     a.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    a.add_argument("--store", type=Path, default=None, help="scenario store: add the real-window rows of `bench sim --store`")
     a.set_defaults(func=_all)

@@ -19,7 +19,7 @@ front bumper and within ``20 + 6 v`` m. All tensors are batched ``[B, N, ...]``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -28,6 +28,7 @@ from av import idm
 from av.batch import ScenarioBatch
 from av.geometry import wrap_angle
 from av.types import AgentType
+from closedloop.sim.pairs import nearby_pairs
 
 #: Agents whose whole logged path is shorter (m) replay the log (parked cars stay still).
 MIN_PATH_LENGTH = 2.0
@@ -64,79 +65,105 @@ class AgentPaths:
     then others, all distinct) and ``slot`` bool ``[B, R]`` whether it holds a reactive agent.
     ``reactive`` bool ``[B, N]`` marks the reactive agents by agent index.
 
-    * ``points`` ``[B, R, T + 1, 3 + C]``: box-centre (x, y, yaw) along the path (invalid steps
+    The paths are stored for the ``K`` slots that hold a reactive agent only (no padding):
+    ``path_slot`` long ``[K]`` is the flat slot ``b * R + r`` of each, ascending.
+
+    * ``points`` ``[K, T + 1, 3 + C]``: box-centre (x, y, yaw) along the path (invalid steps
       hold the nearest valid pose; the last point is the straight extension), then the mean
       curvature (1/m) of the path ahead of each point over each of the ``C`` distances of
       ``CURVATURE_REACH``.
-    * ``s`` ``[B, R, T + 1]`` arc length along the path (m), non-decreasing.
-    * ``speed`` ``[B, R, T]`` logged arc-length speed (m/s) of the step arriving at each step
+    * ``s`` ``[K, T + 1]`` arc length along the path (m), non-decreasing.
+    * ``speed`` ``[K, T]`` logged arc-length speed (m/s) of the step arriving at each step
       (of the step leaving it where the agent just appeared; 0 where it is alone or invalid).
     """
 
     reactive: Tensor
     index: Tensor
     slot: Tensor
+    path_slot: Tensor
     points: Tensor
     s: Tensor
     speed: Tensor
 
 
 def _fill_invalid(x: Tensor, valid: Tensor) -> Tensor:
-    """Hold the last valid value of ``x`` ``[B, N, T, ...]`` over invalid steps (the first valid
-    value before it); ``valid`` ``[B, N, T]``."""
+    """Hold the last valid value of ``x`` ``[K, T, ...]`` over invalid steps (the first valid
+    value before it); ``valid`` ``[K, T]``."""
     T = valid.shape[-1]
     steps = torch.arange(T, device=x.device).expand_as(valid)
     last = torch.where(valid, steps, torch.full_like(steps, -1)).cummax(-1).values
     first = torch.where(valid, steps, torch.full_like(steps, T)).amin(-1, keepdim=True).clamp_max(T - 1)
     idx = torch.where(last < 0, first.expand_as(last), last)
     idx = idx.reshape(*idx.shape, *([1] * (x.dim() - idx.dim()))).expand_as(x)
-    return x.gather(2, idx)
+    return x.gather(1, idx)
+
+
+def _segments(knots: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+    """Where each query falls on piecewise-linear paths: ``knots`` ``[K, P]`` non-decreasing,
+    ``query`` ``[K, Q]`` -> flat index ``[K * Q]`` of each segment's first point (into
+    ``[K * P]``) and the fraction ``[K * Q, 1]`` along it (clamped into [0, 1])."""
+    K, P = knots.shape
+    query = query.contiguous()
+    i = (torch.searchsorted(knots, query, right=True) - 1).clamp(0, P - 2)
+    flat = (i + torch.arange(K, device=knots.device)[:, None] * P).reshape(-1)
+    s0, s1 = knots.reshape(-1).take(flat), knots.reshape(-1).take(flat + 1)
+    return flat, ((query.reshape(-1) - s0) / (s1 - s0).clamp_min(1e-6)).clamp(0.0, 1.0)[:, None]
+
+
+def _interpolate_yaw(yaw: Tensor, flat: Tensor, frac: Tensor) -> Tensor:
+    """Yaw ``[K * Q, 1]`` interpolated along the shorter way round; ``yaw`` ``[K * P, 1]``."""
+    y0, y1 = take_rows(yaw, flat), take_rows(yaw, flat + 1)
+    return wrap_angle(y0 + frac * wrap_angle(y1 - y0))
 
 
 def build_paths(batch: ScenarioBatch) -> AgentPaths:
-    """The logged paths of the reactive agents of ``batch`` (see :class:`AgentPaths`)."""
-    valid = batch.agent_valid
-    pose = _fill_invalid(batch.agents[..., :3], valid)
-    seg = (pose[:, :, 1:, :2] - pose[:, :, :-1, :2]).norm(dim=-1)
+    """The logged paths of the reactive agents of ``batch`` (see :class:`AgentPaths`).
+
+    Only vehicles and cyclists are examined, and only the reactive ones get a path, so the work
+    and memory follow them, not the padded agent slots."""
+    B, N, T = batch.agent_valid.shape
     types = batch.agent_types
     moving_kind = (types == int(AgentType.VEHICLE)) | (types == int(AgentType.CYCLIST))
-    reactive = moving_kind & (seg.sum(-1) >= MIN_PATH_LENGTH)
+    candidate = moving_kind.reshape(-1).nonzero().squeeze(1)  # flat b * N + n, ascending
+    valid = batch.agent_valid.reshape(B * N, T)[candidate]
+    pose = _fill_invalid(batch.agents.reshape(B * N, T, -1).index_select(0, candidate)[..., :3], valid)
+    seg = (pose[:, 1:, :2] - pose[:, :-1, :2]).norm(dim=-1)
+    reactive = torch.zeros(B * N, dtype=torch.bool, device=types.device)
+    reactive[candidate] = seg.sum(-1) >= MIN_PATH_LENGTH
+    reactive = reactive.reshape(B, N)
     order = torch.sort((~reactive).to(torch.uint8), dim=1, stable=True).indices
     R = int(reactive.sum(1).max()) if reactive.numel() else 0
     index = order[:, :R].contiguous()
+    slot = reactive.gather(1, index)
+    path_slot = slot.reshape(-1).nonzero().squeeze(1)
+    agent = (index + torch.arange(B, device=index.device)[:, None] * N).reshape(-1)[path_slot]
+    pick = torch.searchsorted(candidate, agent)  # each path's row among the candidates
+    pose, seg, valid = pose[pick], seg[pick], valid[pick]
 
-    def pick(x: Tensor) -> Tensor:
-        return x.gather(1, index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
-
-    pose, seg, valid = pick(pose), pick(seg), pick(valid)
-    s = torch.cat([torch.zeros_like(seg[:, :, :1]), seg.cumsum(-1)], -1)
-    yaw_end = pose[:, :, -1, 2]
-    ext = torch.stack([pose[:, :, -1, 0] + PATH_EXTENSION * torch.cos(yaw_end),
-                       pose[:, :, -1, 1] + PATH_EXTENSION * torch.sin(yaw_end), yaw_end], -1)
+    s = torch.cat([torch.zeros_like(seg[:, :1]), seg.cumsum(-1)], -1)
+    yaw_end = pose[:, -1, 2]
+    ext = torch.stack([pose[:, -1, 0] + PATH_EXTENSION * torch.cos(yaw_end),
+                       pose[:, -1, 1] + PATH_EXTENSION * torch.sin(yaw_end), yaw_end], -1)
     # Arc-length speed of the step that arrives at t (of the step leaving t where the agent
     # only just appeared), so that integrating it reproduces the logged positions exactly.
-    both = valid[:, :, 1:] & valid[:, :, :-1]
+    both = valid[:, 1:] & valid[:, :-1]
     step_speed = seg / batch.dt * both
-    none = torch.zeros_like(both[:, :, :1])
-    arrive = torch.cat([torch.zeros_like(step_speed[:, :, :1]), step_speed], -1)
-    leave = torch.cat([step_speed, torch.zeros_like(step_speed[:, :, :1])], -1)
+    none = torch.zeros_like(both[:, :1])
+    arrive = torch.cat([torch.zeros_like(step_speed[:, :1]), step_speed], -1)
+    leave = torch.cat([step_speed, torch.zeros_like(step_speed[:, :1])], -1)
     speed = torch.where(torch.cat([none, both], -1), arrive, leave * torch.cat([both, none], -1))
-    pose = torch.cat([pose, ext[:, :, None]], 2)
-    C = len(CURVATURE_REACH)
-    paths = AgentPaths(
-        reactive=reactive,
-        index=index,
-        slot=reactive.gather(1, index),
-        points=torch.cat([pose, pose.new_zeros(*pose.shape[:3], C)], -1).contiguous(),
-        s=torch.cat([s, s[:, :, -1:] + PATH_EXTENSION], 2).contiguous(),
-        speed=speed.contiguous(),
-    )
+    pose = torch.cat([pose, ext[:, None]], 1)
+    s = torch.cat([s, s[:, -1:] + PATH_EXTENSION], 1).contiguous()
+    K, P = s.shape
     reach = torch.tensor(CURVATURE_REACH, dtype=pose.dtype, device=pose.device)
-    B, R, P = paths.s.shape
-    ahead = (paths.s[..., None] + reach).reshape(B, R, P * len(CURVATURE_REACH))
-    yaw_ahead = sample_path(paths, ahead)[..., 2].reshape(B, R, P, len(CURVATURE_REACH))
+    C = len(CURVATURE_REACH)
+    flat, frac = _segments(s, (s[..., None] + reach).reshape(K, P * C))
+    yaw = pose[..., 2].reshape(K * P)
+    turn = wrap_angle(torch.cat([yaw[1:] - yaw[:-1], yaw.new_zeros(1)]))  # each segment's, once
+    yaw_ahead = wrap_angle(yaw.take(flat) + frac[:, 0] * turn.take(flat)).reshape(K, P, C)
     curvature = wrap_angle(yaw_ahead - pose[..., 2:3]) / reach
-    return replace(paths, points=torch.cat([pose, curvature], -1).contiguous())
+    return AgentPaths(reactive=reactive, index=index, slot=slot, path_slot=path_slot,
+                      points=torch.cat([pose, curvature], -1).contiguous(), s=s, speed=speed.contiguous())
 
 
 def at_step(x: Tensor, t: Tensor) -> Tensor:
@@ -157,45 +184,65 @@ def take_rows(table: Tensor, idx: Tensor) -> Tensor:
     return table.gather(0, idx[:, None].expand(-1, table.shape[1]))
 
 
-def log_states(batch: ScenarioBatch, t: Tensor) -> tuple[Tensor, Tensor]:
-    """Logged agent states ``[B, N, 5]`` and validity ``[B, N]`` at step ``t`` ``[B]`` (long).
+def log_states(batch: ScenarioBatch, valid_by_step: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Logged agent states ``[B, N, 5]`` (zero where invalid) and validity ``[B, N]`` at step
+    ``t`` ``[B]`` (long); ``valid_by_step`` bool ``[B, T, N]`` is ``batch.agent_valid`` laid out
+    time-major, so that one step's validity is one contiguous row per scenario. Only the valid
+    agents' states are read.
 
     Steps past the batch's last step are invalid.
     """
-    T = batch.agents.shape[2]
-    valid = at_step(batch.agent_valid, t) & (t < T)[:, None]
-    return at_step(batch.agents, t), valid
+    B, N, T = batch.agent_valid.shape
+    row = torch.arange(B, device=t.device) * T + t.clamp(0, T - 1)
+    valid = valid_by_step.reshape(B * T, N).index_select(0, row) & (t < T)[:, None]
+    rows = valid.reshape(-1).nonzero().squeeze(1)  # flat b * N + n; only these are read
+    steps = rows * T + t.clamp(0, T - 1).take(rows.div(N, rounding_mode="floor"))
+    states = batch.agents.new_zeros(B * N, 5)
+    states[rows] = take_rows(batch.agents.reshape(B * N * T, 5), steps)
+    return states.reshape(B, N, 5), valid
+
+
+def _to_slots(paths: AgentPaths, values: Tensor) -> Tensor:
+    """Per-path ``values`` ``[K, ...]`` laid out per slot ``[B, R, ...]`` (0 in the slots
+    without a reactive agent)."""
+    B, R = paths.slot.shape
+    out = values.new_zeros(B * R, *values.shape[1:])
+    out[paths.path_slot] = values
+    return out.reshape(B, R, *values.shape[1:])
+
+
+def _path_steps(paths: AgentPaths, t: Tensor) -> Tensor:
+    """Step ``t`` ``[B]`` of each path's scenario, long ``[K]``."""
+    return t[paths.path_slot.div(paths.slot.shape[1], rounding_mode="floor")]
 
 
 def path_length_at(paths: AgentPaths, t: Tensor) -> Tensor:
-    """Logged arc length ``[B, R]`` of each slot's agent at step ``t`` ``[B]``."""
-    return at_step(paths.s, t)
+    """Logged arc length ``[B, R]`` of each slot's agent at step ``t`` ``[B]`` (0 in slots
+    without a reactive agent)."""
+    return _to_slots(paths, at_step(paths.s[:, None], _path_steps(paths, t))[:, 0])
 
 
 def logged_speed(paths: AgentPaths, t: Tensor) -> Tensor:
     """Logged arc-length speed ``[B, R]`` (m/s) of each slot's agent at step ``t`` ``[B]`` (0 past
-    the end)."""
-    return at_step(paths.speed, t) * (t < paths.speed.shape[2])[:, None]
+    the end and in slots without a reactive agent)."""
+    steps = _path_steps(paths, t)
+    return _to_slots(paths, at_step(paths.speed[:, None], steps)[:, 0] * (steps < paths.speed.shape[1]))
 
 
 def sample_path(paths: AgentPaths, s: Tensor) -> Tensor:
     """``[B, R, Q, 3 + C]`` (x, y, yaw, curvatures ahead) on each slot's path at arc lengths
-    ``s`` ``[B, R, Q]``, interpolated linearly between the logged points."""
-    B, R, P, F = paths.points.shape
-    Q = s.shape[-1]
-    if s.numel() == 0:
+    ``s`` ``[B, R, Q]``, interpolated linearly between the logged points (0 in slots without a
+    reactive agent)."""
+    B, R, Q = s.shape
+    K, _, F = paths.points.shape
+    if K == 0 or Q == 0:
         return s.new_zeros(B, R, Q, F)
-    knots = paths.s.reshape(B * R, P)
-    query = s.reshape(B * R, Q).contiguous()
-    i = (torch.searchsorted(knots, query, right=True) - 1).clamp(0, P - 2)
-    flat = (i + torch.arange(B * R, device=s.device)[:, None] * P).reshape(-1)
-    s0, s1 = knots.reshape(-1).take(flat), knots.reshape(-1).take(flat + 1)
-    frac = ((query.reshape(-1) - s0) / (s1 - s0).clamp_min(1e-6)).clamp(0.0, 1.0)[:, None]
+    flat, frac = _segments(paths.s, s.reshape(B * R, Q)[paths.path_slot])
     table = paths.points.reshape(-1, F)
     p0, p1 = take_rows(table, flat), take_rows(table, flat + 1)
     out = p0 + frac * (p1 - p0)
-    yaw = wrap_angle(p0[:, 2:3] + frac * wrap_angle(p1[:, 2:3] - p0[:, 2:3]))
-    return torch.cat([out[:, :2], yaw, out[:, 3:]], 1).reshape(B, R, Q, F)
+    yaw = _interpolate_yaw(table[:, 2:3], flat, frac)
+    return _to_slots(paths, torch.cat([out[:, :2], yaw, out[:, 3:]], 1).reshape(K, Q, F))
 
 
 def curvature_at(curvature: Tensor, distance: Tensor) -> Tensor:
@@ -235,53 +282,75 @@ def leader_pressure(
     gap is below ``s*``: an agent following at its logged distance keeps its logged speed, and
     one closing in on a slower or stopped obstacle brakes ever harder as the gap shrinks.
 
-    Broad phase: one batched matrix product gives every pair's longitudinal and lateral offset
-    in the agent's frame; only pairs inside a box that provably contains every blocking pair
-    (ahead within the look-ahead; laterally within the arc's bend ``|k| lon^2`` plus both boxes'
-    half-extents) are compacted and get the exact test.
+    Broad phase, listed sparsely so that its cost follows the valid agents, not the padding:
+    each active agent against the valid bodies of its scenario within reach along x
+    (:func:`~closedloop.sim.pairs.nearby_pairs`); only pairs inside a box (in the agent's
+    frame) that provably contains every blocking pair (ahead within the look-ahead; laterally
+    within the arc's bend ``|k| lon^2`` plus both boxes' half-extents) get the exact test
+    (:func:`pair_pressure`).
+    """
+    B, N, _ = agents.shape
+    M = bodies.shape[1]
+    if M == 0 or N == 0:
+        return agents.new_zeros(B, N)
+    rows = active.reshape(-1).nonzero().squeeze(1)  # flat b * N + i
+    # Per active row: position, heading, and the window (1 cm of slack for rounding).
+    hl, look = 0.5 * sizes[..., 0], 20.0 + 6.0 * speed
+    mid, half = hl + 0.5 * look, 0.5 * look + 0.01
+    # Bound on the bodies' bounding radii (from the longest and the widest body).
+    reach = 0.5 * sizes[..., 1] + 0.5 * torch.hypot(body_sizes[..., 0].amax(1), body_sizes[..., 1].amax(1))[:, None]
+    k_max = curvature.abs().amax(-1)
+    lat_bound = torch.where(k_max * reach < 0.5, k_max * (hl + look + reach).square() + reach,
+                            torch.full_like(k_max, math.inf)) + 0.01
+    yaw = agents[..., 2]
+    per_row = take_rows(torch.stack([agents[..., 0], agents[..., 1], torch.cos(yaw), torch.sin(yaw), mid, half,
+                                     lat_bound], -1).reshape(B * N, 7), rows)
+    # |dx| <= |lon| + |lat| < mid + half + lat_bound inside the window.
+    k, col = nearby_pairs(rows.div(N, rounding_mode="floor"), per_row[:, 0], per_row[:, 4:].sum(1), body_valid,
+                          bodies[..., 0])
+    ax, ay, c, s, mid, half, lat_bound = take_rows(per_row, k).unbind(1)
+    xy = take_rows(bodies.reshape(B * M, -1)[:, :2], col)
+    dx, dy = xy[:, 0] - ax, xy[:, 1] - ay
+    near = (((dx * c + dy * s - mid).abs() < half) & ((dy * c - dx * s).abs() < lat_bound)).nonzero().squeeze(1)
+    return pair_pressure(agents, sizes, speed, curvature, bodies, body_sizes, body_valid,
+                         rows.take(k.take(near)), col.take(near), params)
+
+
+def pair_pressure(
+    agents: Tensor,
+    sizes: Tensor,
+    speed: Tensor,
+    curvature: Tensor,
+    bodies: Tensor,
+    body_sizes: Tensor,
+    body_valid: Tensor,
+    row: Tensor,
+    col: Tensor,
+    params: IDMParams,
+) -> Tensor:
+    """The exact test of :func:`leader_pressure` on the listed pairs only: IDM interaction
+    ``[B, N]``, the largest over each agent's pairs (0 for agents in none).
+
+    Tensors as in :func:`leader_pressure`; ``row`` long ``[P]`` flat agent indices ``b * N + i``
+    and ``col`` long ``[P]`` flat body indices ``b * M + j`` of the same scenario. Pairs that do
+    not block contribute nothing, so any superset of the blocking pairs gives the same result.
     """
     B, N, _ = agents.shape
     M = bodies.shape[1]
     out = torch.zeros(B * N, dtype=agents.dtype, device=agents.device)
-    if M == 0 or N == 0:
+    if row.numel() == 0:
         return out.reshape(B, N)
     c, s = torch.cos(agents[..., 2]), torch.sin(agents[..., 2])
     ax, ay = agents[..., 0], agents[..., 1]
     hl, hw = 0.5 * sizes[..., 0], 0.5 * sizes[..., 1]
     look = 20.0 + 6.0 * speed
-    body_radius = 0.5 * torch.hypot(body_sizes[..., 0], body_sizes[..., 1])  # [B, M]
-
-    # -- broad phase: a superset of the blocking pairs (1 cm of slack for rounding). One batched
-    # product gives, per pair, the longitudinal offset mapped so that the look-ahead window is
-    # [-1, 1] and the lateral offset scaled by its bound; inactive rows are moved out of range
-    # (a far-away homogeneous term) and invalid bodies far away (the exact test drops any left).
-    mid, half = hl + 0.5 * look, 0.5 * look + 0.01
-    reach = hw + body_radius.amax(1, keepdim=True)
-    k_max = curvature.abs().amax(-1)
-    lat_bound = torch.where(k_max * reach < 0.5, k_max * (hl + look + reach).square() + reach,
-                            torch.full_like(k_max, math.inf)) + 0.01
-    lon_const = torch.where(active, -(c * ax + s * ay) - mid, torch.full_like(mid, FAR))
-    rows = torch.stack([torch.stack([c, s, lon_const], -1) / half[..., None],
-                        torch.stack([-s, c, s * ax - c * ay], -1) / lat_bound[..., None]], 1).reshape(B, 2 * N, 3)
-    far = torch.full_like(bodies[..., 0], FAR)
-    cols = torch.stack([torch.where(body_valid, bodies[..., 0], far), bodies[..., 1] * body_valid,
-                        torch.ones_like(far)], 1)  # [B, 3, M]
-    scaled = torch.bmm(rows, cols).abs_().reshape(B, 2, N, M)
-    b, i, j = (torch.maximum(scaled[:, 0], scaled[:, 1]) < 1.0).nonzero().unbind(1)
-    if b.numel() == 0:
-        return out.reshape(B, N)
-
-    # -- exact test on the candidates
-    row = b * N + i
     C = curvature.shape[-1]
     agent = take_rows(torch.cat([torch.stack([ax, ay, c, s, hl, hw, speed, look], -1), curvature], -1)
                       .reshape(B * N, 8 + C), row)
-    cj, sj = torch.cos(bodies[..., 2]), torch.sin(bodies[..., 2])
-    body = torch.stack([bodies[..., 0], bodies[..., 1], cj, sj, 0.5 * body_sizes[..., 0], 0.5 * body_sizes[..., 1],
-                        bodies[..., 3], bodies[..., 4], body_valid.to(bodies.dtype)], -1)
-    body = take_rows(body.reshape(B * M, 9), b * M + j)
+    bx, by, yaw, vx, vy = take_rows(bodies.reshape(B * M, 5), col).unbind(1)
+    hlj, hwj = (0.5 * take_rows(body_sizes.reshape(B * M, 2), col)).unbind(1)
+    cj, sj, valid = torch.cos(yaw), torch.sin(yaw), body_valid.reshape(-1).take(col)
     x, y, c, s, hl, hw, v, look = agent[:, :8].unbind(1)
-    bx, by, cj, sj, hlj, hwj, vx, vy, valid = body.unbind(1)
     rx, ry = bx - x, by - y
     lon = rx * c + ry * s
     lat = ry * c - rx * s
@@ -302,7 +371,7 @@ def leader_pressure(
     # look-ahead, and on the near part of the arc (its first 60 degrees: ``k * lat < 1/2``), so
     # the far side of a tight circle never counts.
     blocking = (off.abs() <= hw + hlj * sin_d + hwj * cos_d) & (ahead > 0) & (ahead < look) & (k * lat < 0.5)
-    blocking &= valid > 0
+    blocking &= valid
     gap = (ahead - hlj * cos_d - hwj * sin_d).clamp_min(0.1)
     v_lead = ct * (vx * c + vy * s) + st * (vy * c - vx * s)
     excess = (idm.interaction(v, v_lead, gap, params) - 1.0).clamp_min(0.0) * blocking

@@ -24,7 +24,7 @@ from av.observation import Trajectory
 from av.vehicle import VehicleLimits, VehicleState, bicycle_step, ego_box
 from closedloop.sim import agents as agent_model
 from closedloop.sim.base import SimConfig, Snapshot
-from closedloop.sim.collision import collision_flags, pair_mask
+from closedloop.sim.collision import collision_flags
 from closedloop.sim.vehicle import GainTable, Plan, make_plan, place_on_plan, track
 
 
@@ -35,11 +35,12 @@ class SimStatic:
     * ``batch``: the :class:`ScenarioBatch` on the simulation device; ``config``: the settings.
     * ``start`` long ``[B]``: first simulated step (each scenario's ``history_steps``);
       ``last`` long ``[B]``: its last valid step.
-    * ``paths``: the reactive agents' logged paths.
+    * ``paths``: the reactive agents' logged paths; ``valid_by_step`` bool ``[B, T, N]``: the
+      log's agent validity, time-major (one step is one contiguous row per scenario).
     * ``gains``: the tracker's lateral LQR gains tabulated for the batch's ``dt``.
     * ``collision_rows`` long ``[B, C]``: the boxes (0 = ego, ``1 + n`` = agent ``n``) tested
-      against all others every step; ``collision_pairs`` bool ``[B, C, 1 + N]``: the pairs tested
-      (:func:`~closedloop.sim.collision.pair_mask`).
+      against all others every step; ``collision_row_valid`` bool ``[B, C]``: which slots hold one
+      (:func:`~closedloop.sim.collision.overlapping_pairs`).
     """
 
     batch: ScenarioBatch
@@ -47,9 +48,10 @@ class SimStatic:
     start: Tensor
     last: Tensor
     paths: agent_model.AgentPaths
+    valid_by_step: Tensor
     gains: GainTable
     collision_rows: Tensor
-    collision_pairs: Tensor
+    collision_row_valid: Tensor
 
     @property
     def wheelbase(self) -> Tensor:
@@ -70,7 +72,8 @@ class SimState:
       agent): ``agent_s`` ``[B, R]`` arc length along the agent's logged path (m),
       ``agent_speed`` ``[B, R]`` (m/s, over the last step) and ``agent_curvature`` ``[B, R, C]``
       (1/m, mean curvatures of the path ahead over ``agents.CURVATURE_REACH``; zeros in log
-      mode, where ``agent_s``/``agent_speed`` follow the log).
+      mode, where ``agent_s``/``agent_speed`` follow the log); all three are 0 in the slots
+      that hold no reactive agent.
     * ``ego_collision`` bool ``[B, N]``: the ego's box overlaps agent ``n`` now;
       ``agent_collision`` bool ``[B, N]``: agent ``n`` overlaps another agent now, in a pair with
       at least one reactive agent (so all False in log mode: contacts between log-replayed
@@ -153,7 +156,7 @@ def _collisions(static: SimStatic, ego: VehicleState, agents: Tensor, valid: Ten
     boxes = torch.cat([_ego_box(ego, batch.ego_dims)[:, None],
                        torch.cat([agents[..., :3], batch.agent_sizes], -1)], 1)
     body_valid = torch.cat([ego_valid[:, None], valid], 1)
-    return collision_flags(boxes, body_valid, static.collision_rows, static.collision_pairs)
+    return collision_flags(boxes, body_valid, static.collision_rows, static.collision_row_valid)
 
 
 class BuiltinSimulator:
@@ -190,11 +193,12 @@ class BuiltinSimulator:
             row_valid = torch.cat([row_valid, paths.slot], 1)
         static = SimStatic(
             batch=batch, config=cfg, start=start, last=last, paths=paths,
+            valid_by_step=batch.agent_valid.transpose(1, 2).contiguous(),
             gains=GainTable.build(batch.dt, batch.ego.dtype, str(dev)),
-            collision_rows=rows, collision_pairs=pair_mask(rows, row_valid, 1 + batch.agents.shape[1]),
+            collision_rows=rows, collision_row_valid=row_valid,
         )
         ego = _ego_from_log(batch, start)
-        agents, valid = agent_model.log_states(batch, start)
+        agents, valid = agent_model.log_states(batch, static.valid_by_step, start)
         ego_hit, agent_hit = _collisions(static, ego, agents, valid, torch.ones(B, dtype=torch.bool, device=dev))
         agent_s = agent_model.path_length_at(static.paths, start)
         agent_speed = agent_model.logged_speed(static.paths, start)
@@ -239,7 +243,7 @@ class BuiltinSimulator:
             new_ego = bicycle_step(ego, accel, steer_rate, wheelbase, self.limits, dt)
 
         t_next = state.t + 1
-        log_next, valid_next = agent_model.log_states(batch, t_next)
+        log_next, valid_next = agent_model.log_states(batch, static.valid_by_step, t_next)
         paths = static.paths
         s_log = agent_model.path_length_at(paths, t_next)
         v_log = agent_model.logged_speed(paths, t_next)

@@ -1,5 +1,5 @@
-"""The simulator's per-step collision flags: which pairs of boxes to test, a batched broad phase,
-and the overlap test of :func:`av.checks.box_overlap` on the survivors.
+"""The simulator's per-step collision flags: which pairs of boxes to test, a sparse broad phase
+over the valid boxes, and the overlap test of :func:`av.checks.box_overlap` on the survivors.
 
 Boxes are ``(x, y, yaw, length, width)`` with (x, y) the box centre; metres and radians;
 touching counts as overlap.
@@ -11,72 +11,63 @@ import torch
 from torch import Tensor
 
 from av.checks import bounding_radius, box_overlap
+from closedloop.sim.agents import take_rows
+from closedloop.sim.pairs import nearby_pairs
 
 
-def pair_mask(rows: Tensor, row_valid: Tensor, count: int) -> Tensor:
-    """Which (row, box) pairs :func:`overlapping_pairs` tests, bool ``[B, R, count]``.
-
-    ``rows`` long ``[B, R]``: indices of the boxes tested against every other box (distinct
-    within a scenario); ``row_valid`` bool ``[B, R]`` (padding slots False). Each pair once: a
-    box that is itself a row pairs only with the rows before it; never with itself.
-    """
-    B, R = rows.shape
-    col = torch.arange(count, device=rows.device)
-    is_row = torch.zeros(B, count, dtype=torch.bool, device=rows.device).scatter_(1, rows, row_valid)
-    once = (col > rows[..., None]) | ~is_row[:, None, :]
-    return once & (col != rows[..., None]) & row_valid[..., None]
-
-
-def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, allowed: Tensor) -> Tensor:
+def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Tensor) -> Tensor:
     """Overlapping pairs among ``M`` boxes per scenario that involve at least one "row" box.
 
-    ``boxes`` ``[B, M, 5]``, ``valid`` bool ``[B, M]``; ``rows`` long ``[B, R]`` and ``allowed``
-    bool ``[B, R, M]`` from :func:`pair_mask`. Broad phase: centre distance against the sum of
-    the bounding radii; only the survivors go through the separating-axis test.
+    ``boxes`` ``[B, M, 5]``, ``valid`` bool ``[B, M]``; ``rows`` long ``[B, R]``: the boxes tested
+    against every other box (distinct within a scenario), ``row_valid`` bool ``[B, R]`` (padding
+    slots False). Each pair once: a box that is itself a row pairs only with the rows before it.
+
+    Candidates are listed sparsely by sort-and-sweep (:func:`~closedloop.sim.pairs.nearby_pairs`):
+    each valid row box against the valid boxes of its scenario within reach along x, so the work
+    follows the valid boxes near each other, not the padding; bounding circles, then the
+    separating axes on the survivors.
     Returns long ``[P, 3]`` rows ``(b, i, j)``, ``i < j``, each pair once, in lexicographic order.
     """
     B, M, _ = boxes.shape
     empty = torch.zeros(0, 3, dtype=torch.long, device=boxes.device)
     if M < 2 or rows.shape[1] < 1:
         return empty
-    radius = bounding_radius(boxes[..., 3:5])  # [B, M]
-    # Broad phase, a superset: squared centre distance from one batched product (positions
-    # relative to box 0 to keep the expansion |a|^2 + |b|^2 - 2 a.b well conditioned, plus a
-    # 1e6 m^2 penalty per invalid box) against the scenario's largest reach, with 1 m^2 of slack.
-    xy = boxes[..., :2] - boxes[:, :1, :2]
-    sq = xy.square().sum(-1) + 1.0e6 * ~valid
-    ones = torch.ones_like(sq)
-    left = torch.stack([-2.0 * xy[..., 0], -2.0 * xy[..., 1], sq, ones], -1)  # [B, M, 4]
-    left = left.gather(1, rows[..., None].expand(-1, -1, 4))  # [B, R, 4]
-    right = torch.stack([xy[..., 0], xy[..., 1], ones, sq], 1)  # [B, 4, M]
-    reach = 2.0 * radius.amax(1)
-    near = torch.bmm(left, right) <= (reach.square() + 1.0)[:, None, None]  # [B, R, M]
-    b, r, j = (near & allowed).nonzero().unbind(1)
-    if b.numel() == 0:
-        return empty
-    i = rows[b, r]
-    i, j = torch.minimum(i, j), torch.maximum(i, j)
+    live = row_valid & valid.gather(1, rows)  # a row box that is absent now overlaps nothing
+    row_flat = (rows + torch.arange(B, device=rows.device)[:, None] * M).reshape(-1).take(
+        live.reshape(-1).nonzero().squeeze(1))
     flat = boxes.reshape(B * M, 5)
-    a = flat.gather(0, (b * M + i)[:, None].expand(-1, 5))
-    o = flat.gather(0, (b * M + j)[:, None].expand(-1, 5))
-    # Exact: both valid, bounding circles (cheap), then the separating axes.
-    close = (a[:, :2] - o[:, :2]).square().sum(-1) <= (radius[b, i] + radius[b, j]).square()
-    hit = close & valid[b, i] & valid[b, j] & box_overlap(a, o)
-    pairs = torch.stack([b, i, j], 1)[hit]
-    order = torch.argsort((pairs[:, 0] * M + pairs[:, 1]) * M + pairs[:, 2])
-    return pairs[order]
+    b_row = row_flat.div(M, rounding_mode="floor")
+    # Reach along x: the row's bounding radius plus a bound on its scenario's (longest, widest box).
+    radius_max = bounding_radius(torch.stack([boxes[..., 3].amax(1), boxes[..., 4].amax(1)], -1))
+    row_box = take_rows(flat, row_flat)
+    k, col = nearby_pairs(b_row, row_box[:, 0], bounding_radius(row_box[:, 3:5]) + radius_max.take(b_row), valid,
+                          boxes[..., 0])
+    row = row_flat.take(k)
+    is_row = torch.zeros(B, M, dtype=torch.bool, device=rows.device).scatter_(1, rows, row_valid).reshape(-1)
+    keep = ((col != row) & ((col > row) | ~is_row.take(col))).nonzero().squeeze(1)
+    row, col = row.take(keep), col.take(keep)
+    a, o = take_rows(flat, row), take_rows(flat, col)
+    close = (o[:, :2] - a[:, :2]).square().sum(-1) <= (bounding_radius(a[:, 3:5]) + bounding_radius(o[:, 3:5])).square()
+    keep = close.nonzero().squeeze(1)
+    lo, hi = torch.minimum(row, col).take(keep), torch.maximum(row, col).take(keep)
+    if lo.numel() == 0:
+        return empty
+    hit = box_overlap(take_rows(flat, lo), take_rows(flat, hi)).nonzero().squeeze(1)
+    lo, hi = lo.take(hit), hi.take(hit)
+    pairs = torch.stack([lo.div(M, rounding_mode="floor"), lo % M, hi % M], 1)
+    return pairs[torch.argsort(lo * M + hi % M)]
 
 
-def collision_flags(boxes: Tensor, valid: Tensor, rows: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
+def collision_flags(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Tensor) -> tuple[Tensor, Tensor]:
     """Per-agent overlap flags for the ego (box 0) and ``N`` agents (boxes ``1..N``).
 
-    ``boxes`` ``[B, 1 + N, 5]``, ``valid`` ``[B, 1 + N]``; ``rows``/``allowed`` the pairs to test
-    (see :func:`pair_mask`; ``rows`` holding only box 0 tests the ego alone). Returns
+    ``boxes`` ``[B, 1 + N, 5]``, ``valid`` ``[B, 1 + N]``; ``rows``/``row_valid`` the boxes tested
+    against all others (see :func:`overlapping_pairs`; ``rows`` holding only box 0 tests the ego alone). Returns
     ``(ego_hit [B, N], agent_hit [B, N])``: agent ``n`` overlaps the ego; agent ``n`` overlaps
     another agent (in a tested pair).
     """
     B, M, _ = boxes.shape
-    pairs = overlapping_pairs(boxes, valid, rows, allowed)
+    pairs = overlapping_pairs(boxes, valid, rows, row_valid)
     ego_hit = torch.zeros(B, M, dtype=torch.bool, device=boxes.device)
     agent_hit = torch.zeros(B, M, dtype=torch.bool, device=boxes.device)
     if pairs.shape[0]:
