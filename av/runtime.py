@@ -49,7 +49,7 @@ def _shape_matches(want: Sequence[int | str], got: Sequence[Any], concrete: bool
             return concrete or not isinstance(g, int) or g < 0
         return w == g
 
-    return all(fits(w, g) for w, g in zip(want, got))
+    return all(fits(w, g) for w, g in zip(want, got, strict=True))
 
 
 def _check_io(path: Path, manifest: dict[str, Any], found: dict[str, tuple[list[Any], str]]) -> None:
@@ -69,7 +69,7 @@ def _check_io(path: Path, manifest: dict[str, Any], found: dict[str, tuple[list[
 
 def check_features(features: Features, manifest: dict[str, Any]) -> None:
     """Refuse features whose fixed dims differ from the model's (AvError naming the input)."""
-    for entry, t in zip(manifest["inputs"], features.as_tuple()):
+    for entry, t in zip(manifest["inputs"], features.as_tuple(), strict=True):
         if not _shape_matches(entry["shape"], list(t.shape), concrete=True):
             raise AvError(f"observation gives {entry['name']} {list(t.shape)}, the model takes {entry['shape']}: "
                           "observe with the model's observation_spec")
@@ -125,7 +125,7 @@ class TensorRTModel:
         check_features(features, self.manifest)
         stream = torch.cuda.current_stream()
         inputs = [t.to("cuda").contiguous() for t in features.as_tuple()]
-        for name, t in zip(FEATURE_NAMES, inputs):
+        for name, t in zip(FEATURE_NAMES, inputs, strict=True):
             self.context.set_input_shape(name, tuple(t.shape))
             self.context.set_tensor_address(name, t.data_ptr())
         out = torch.empty(tuple(self.context.get_tensor_shape(OUTPUT_NAME)), dtype=torch.float32, device="cuda")

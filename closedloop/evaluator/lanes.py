@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -200,7 +200,7 @@ def _lane_obbs(
 def _at_least_one_lane(batch: ScenarioBatch) -> ScenarioBatch:
     """Pad lane tensors with one invalid lane / point pair / edge where the batch has none."""
     B = batch.batch_size
-    changes = {}
+    changes: dict[str, Any] = {}
     if batch.lane_valid.shape[1] == 0:
         changes.update(
             lane_valid=torch.zeros(B, 1, dtype=torch.bool),
@@ -376,10 +376,10 @@ def project_on_lanes(table: LaneTable, b: Tensor, k: Tensor, p: Tensor) -> Tenso
         sa, sb = table.point_s[b[q], i0], table.point_s[b[q], i0 + 1]
         best.scatter_reduce_(0, q, d, "amin", include_self=True)
         values.append((d, sa + t * (sb - sa)))
-    for (q, j), (d, s) in zip(chunks, values):  # pass 2: the first segment reaching it
+    for (q, j), (d, _) in zip(chunks, values, strict=True):  # pass 2: the first segment reaching it
         hit = d == best[q]
         first.scatter_reduce_(0, q[hit], j[hit], "amin", include_self=True)
-    for (q, j), (d, s) in zip(chunks, values):
+    for (q, j), (d, s) in zip(chunks, values, strict=True):
         win = (d == best[q]) & (j == first[q])
         out[q[win]] = s[win]
     return out
@@ -861,8 +861,8 @@ def route_progress(table: LaneTable, blocks: RouteBlocks, contain: Tensor, point
     has = blocks.valid[:, 0] & valid[:, 0]
     sets = ((event > 0) | (torch.arange(T) == 0)) & has[:, None]
     s = torch.zeros(B, T)
-    b, t = sets.nonzero(as_tuple=True)
-    s[b, t] = project_on_lanes(table, b, blocks.lane[b, at[b, t]], points[b, t]).nan_to_num(0.0)
+    bs, ts = sets.nonzero(as_tuple=True)
+    s[bs, ts] = project_on_lanes(table, bs, blocks.lane[bs, at[bs, ts]], points[bs, ts]).nan_to_num(0.0)
     # s of the previous frame that set it
     idx = torch.where(sets, torch.arange(T), -1).cummax(1).values
     prev_idx = torch.cat([torch.zeros(B, 1, dtype=torch.long), idx[:, :-1]], 1).clamp_min(0)
@@ -879,9 +879,9 @@ def route_progress(table: LaneTable, blocks: RouteBlocks, contain: Tensor, point
     span[bm, im] = (project_on_lanes(table, bm, lane[bm, im], first_b[bm, im + 1])
                     - project_on_lanes(table, bm, lane[bm, im], last_b[bm, im - 1])).nan_to_num(0.0)
     cum = torch.cumsum(span, 1)
-    b, t = ((event == 2) & has[:, None]).nonzero(as_tuple=True)
-    c, j = came[b, t], at[b, t]
-    old_len = torch.gather(table.length, 1, lane)[b, c]
-    end_on_new = project_on_lanes(table, b, lane[b, j], last_b[b, c]).nan_to_num(0.0)
-    out[b, t] = (old_len - prev_s[b, t]) + (cum[b, j - 1] - cum[b, c]) + (s[b, t] - end_on_new)
+    be, te = ((event == 2) & has[:, None]).nonzero(as_tuple=True)
+    c, j = came[be, te], at[be, te]
+    old_len = torch.gather(table.length, 1, lane)[be, c]
+    end_on_new = project_on_lanes(table, be, lane[be, j], last_b[be, c]).nan_to_num(0.0)
+    out[be, te] = (old_len - prev_s[be, te]) + (cum[be, j - 1] - cum[be, c]) + (s[be, te] - end_on_new)
     return out
