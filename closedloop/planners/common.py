@@ -43,14 +43,14 @@ class IDMParams:
     current acceleration.
     """
 
-    accel: float = 1.5
+    accel: float = 1.0
     decel: float = 3.0
     max_decel: float = 6.0
     min_gap: float = 1.0
     headway: float = 1.5
     exponent: float = 4.0
     max_lat_accel: float = 2.0
-    max_jerk: float | None = None
+    max_jerk: float | None = 2.0
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,10 @@ def lateral_profile(path: RoutePath, s: Tensor, target: Tensor, length: Tensor) 
     ``path.ego_d``, slope ``path.ego_slope``) and blends into ``target`` offset over ``length`` m.
 
     ``s`` ``[B, K, ...]`` arc lengths; ``target`` ``[B, K]`` (m) and ``length`` ``[B, K]`` (m).
-    The blend is a cubic Hermite curve, so offset and heading are continuous at both ends.
+    The blend is a quintic Hermite curve with zero second derivative at both ends, so offset,
+    heading and curvature are continuous there: the steering needs no step when a shift starts
+    (a cubic's curvature jumps to ``6 |shift| / length^2``, which the tracking controller
+    followed with yaw accelerations above nuPlan's comfort bound).
     """
     extra = (1,) * (s.dim() - 2)
     L = length.reshape(*length.shape, *extra)
@@ -318,15 +321,27 @@ def lateral_profile(path: RoutePath, s: Tensor, target: Tensor, length: Tensor) 
     m0 = path.ego_slope.reshape(-1, 1, *extra) * L
     u = ((s - path.ego_s.reshape(-1, 1, *extra)) / L).clamp(0.0, 1.0)
     u2, u3 = u * u, u * u * u
-    d = (2 * u3 - 3 * u2 + 1) * d0 + (u3 - 2 * u2 + u) * m0 + (-2 * u3 + 3 * u2) * d1
-    dd = ((6 * u2 - 6 * u) * d0 + (3 * u2 - 4 * u + 1) * m0 + (-6 * u2 + 6 * u) * d1) / L
+    u4, u5 = u3 * u, u3 * u2
+    rise = 10 * u3 - 15 * u4 + 6 * u5  # 0 -> 1 with zero slope and curvature at both ends
+    d = d0 + (u - 6 * u3 + 8 * u4 - 3 * u5) * m0 + rise * (d1 - d0)
+    dd = ((1 - 18 * u2 + 32 * u3 - 15 * u4) * m0 + 30 * (u2 - 2 * u3 + u4) * (d1 - d0)) / L
     inside = (u > 0) & (u < 1)
     return d, torch.where(inside, dd, torch.zeros_like(dd))
 
 
-def blend_length(speed: Tensor) -> Tensor:
-    """Distance (m) over which to shift laterally at ``speed`` (m/s): 3 s of travel, >= 8 m."""
-    return (3.0 * speed).clamp_min(8.0)
+#: Blend length per metre of lateral shift (m/m): a shift of D m takes at least this many times
+#: D m of travel, so the heading never turns more than about 1.5 / this (0.25 rad) from the path.
+BLEND_PER_SHIFT = 6.0
+
+
+def blend_length(speed: Tensor, shift: Tensor | float = 0.0) -> Tensor:
+    """Distance (m) over which to shift laterally by ``shift`` m at ``speed`` (m/s): 3 s of
+    travel, >= 8 m and >= ``BLEND_PER_SHIFT`` x ``|shift|`` (broadcast shapes of the inputs).
+
+    Without the last bound a car a lane width (2.7 m) off the route at walking speed would swing
+    across in 8 m: a yaw acceleration above nuPlan's comfort bound (1.93 rad/s^2)."""
+    shift = torch.as_tensor(shift, dtype=speed.dtype, device=speed.device).abs()
+    return torch.maximum((3.0 * speed).clamp_min(8.0), BLEND_PER_SHIFT * shift)
 
 
 def path_poses(path: RoutePath, s: Tensor, d: Tensor, slope: Tensor) -> Tensor:
@@ -346,6 +361,7 @@ def idm_rollout(
     offset: Tensor,
     corridor: Tensor,
     ego_front: Tensor,
+    ego_half_width: Tensor,
     params: IDMParams,
     steps: int,
     dt: float,
@@ -357,7 +373,11 @@ def idm_rollout(
     desired speed (m/s), further capped by the path's curve speed; ``offset`` ``[B, K]`` target lateral offset (m);
     ``corridor`` ``[B]`` half width (m) of the ego's corridor: an agent is a lead when its box
     reaches into ``|d - d_path(s_agent)| < corridor`` and its centre is ahead of the ego's rear
-    axle; ``ego_front`` ``[B]`` distance from the rear axle to the front bumper (m).
+    axle; ``ego_front`` ``[B]`` distance from the rear axle to the front bumper (m). An agent
+    alongside (its rear behind the ego's front bumper) is a lead only where its box reaches into
+    the ego's own width, ``ego_half_width`` ``[B]`` (m), around the ego's offset now: braking
+    cannot open a gap to a car beside the ego, and counting it (at the floored gap of 0.1 m) made
+    the ego brake at ``max_decel`` while it drove back to the route past a parked car.
     Leads move at constant speed along the path; the end of the route (``path.end_s``) is a
     stopped lead. ``steps`` x ``dt`` s are integrated.
 
@@ -365,12 +385,14 @@ def idm_rollout(
     ``d`` and slope ``dd/ds`` ``[B, K, H]`` at times ``dt .. H dt``.
     """
     B, K = target_speed.shape
-    blend = blend_length(speed)[:, None].expand(B, K)
+    blend = blend_length(speed[:, None], offset - path.ego_d[:, None])  # [B, K]
     d_at_agent, _ = lateral_profile(path, agents.s[:, None].expand(B, K, -1), offset, blend)  # [B, K, N]
     lateral_gap = (agents.d[:, None] - d_at_agent).abs() - agents.half_lat[:, None]
-    ahead_of_ego = agents.s[:, None] > path.ego_s[:, None, None]
-    lead = agents.valid[:, None] & (lateral_gap < corridor[:, None, None]) & ahead_of_ego  # [B, K, N]
     ahead = agents.s[:, None] - agents.half_lon[:, None]  # rear of the lead, at t = 0 [B, 1, N]
+    ahead_of_ego = agents.s[:, None] > path.ego_s[:, None, None]
+    beside = ahead <= (path.ego_s + ego_front)[:, None, None]
+    in_ego_width = ((agents.d - path.ego_d[:, None]).abs() - agents.half_lat < ego_half_width[:, None])[:, None]
+    lead = agents.valid[:, None] & (lateral_gap < corridor[:, None, None]) & ahead_of_ego & (~beside | in_ego_width)
     a = params.accel
     s = path.ego_s[:, None].expand(B, K).clone()
     v = speed[:, None].expand(B, K).clone()

@@ -81,6 +81,7 @@ class IDMPlanner:
             offset=torch.zeros(B, 1, device=dims.device),
             corridor=torch.full((B,), LANE_HALF_WIDTH, device=dims.device),
             ego_front=front_overhang(dims),
+            ego_half_width=0.5 * dims[:, 1],
             params=self.params,
             steps=self.horizon_steps,
             dt=self.step,

@@ -167,6 +167,7 @@ class PDMClosedPlanner:
             offset=offset,
             corridor=0.5 * dims[:, 1] + cfg.corridor_margin,
             ego_front=front_overhang(dims),
+            ego_half_width=0.5 * dims[:, 1],
             params=self.params,
             steps=steps,
             dt=self.step,
@@ -174,7 +175,7 @@ class PDMClosedPlanner:
         # One more proposal: an emergency stop along the centreline, at the hard braking limit.
         s_stop = _emergency_stop(path, speed, self.params.max_decel, steps, self.step)
         zero = torch.zeros(B, 1, device=dev, dtype=speed.dtype)
-        d_stop, slope_stop = lateral_profile(path, s_stop, zero, blend_length(speed)[:, None])
+        d_stop, slope_stop = lateral_profile(path, s_stop, zero, blend_length(speed[:, None], path.ego_d[:, None]))
         s = torch.cat([s, s_stop], 1)
         d, slope = torch.cat([d, d_stop], 1), torch.cat([slope, slope_stop], 1)
         offset = torch.cat([offset, zero], 1)
