@@ -352,6 +352,44 @@ def path_poses(path: RoutePath, s: Tensor, d: Tensor, slope: Tensor) -> Tensor:
     return torch.cat([xy + d[..., None] * normal, wrap_angle(h + torch.atan(slope))[..., None]], dim=-1)
 
 
+def travelled(speed: Tensor, v: Tensor, dt: float) -> Tensor:
+    """Distance ``[B, K, H]`` (m) driven by times ``dt .. H dt`` at speeds ``v`` ``[B, K, H]``
+    (m/s, at those times) from ``speed`` ``[B]`` now (trapezoidal)."""
+    prev = torch.cat([speed[:, None, None].expand(*v.shape[:2], 1), v[..., :-1]], -1)
+    return (0.5 * (prev + v) * dt).cumsum(-1)
+
+
+def retime(poses: Tensor, distance: Tensor) -> Tensor:
+    """Poses ``[B, K, H, 3]`` (ego frame, the ego at the origin) moved along their own polyline so
+    that the ``k``-th lies ``distance[..., k]`` m (``[B, K, H]``, non-decreasing) from the ego.
+
+    The poses of :func:`path_poses` are spaced by the path's smoothed curvature; where the route
+    polyline kinks (lane connectors) or the lateral offset changes fast their spacing, and with it
+    the speed the tracking controller follows, swung by 2-3 m/s^2 around the IDM speed (the
+    controller then drove at its 3.5 m/s^2 limit). Re-spacing them makes the plan's speed the IDM
+    speed. Beyond the last pose the path continues straight along its heading.
+    """
+    B, K, H, _ = poses.shape
+    pts = torch.cat([torch.zeros_like(poses[:, :, :1]), poses], 2)  # [B, K, H+1, 3]
+    seg = (pts[:, :, 1:, :2] - pts[:, :, :-1, :2]).norm(dim=-1)
+    length = torch.cat([torch.zeros_like(seg[..., :1]), seg.cumsum(-1)], -1)  # [B, K, H+1]
+    flat_len, q = length.reshape(B * K, H + 1).contiguous(), distance.reshape(B * K, H).contiguous()
+    i = (torch.searchsorted(flat_len, q).clamp(1, H) - 1)  # segment index [B K, H]
+    flat = pts.reshape(B * K, H + 1, 3)
+    p0 = flat.gather(1, i[..., None].expand(-1, -1, 3))
+    p1 = flat.gather(1, (i + 1)[..., None].expand(-1, -1, 3))
+    l0, l1 = flat_len.gather(1, i), flat_len.gather(1, i + 1)
+    t = ((q - l0) / (l1 - l0).clamp_min(1e-6)).clamp(0.0, 1.0)
+    xy = p0[..., :2] + t[..., None] * (p1[..., :2] - p0[..., :2])
+    yaw = wrap_angle(p0[..., 2] + t * wrap_angle(p1[..., 2] - p0[..., 2]))
+    beyond = (q - flat_len[:, -1:]).clamp_min(0.0)  # past the last pose: straight on
+    last = flat[:, -1:]
+    xy = torch.where((beyond > 0)[..., None], last[..., :2] + beyond[..., None] * torch.stack(
+        [torch.cos(last[..., 2]), torch.sin(last[..., 2])], -1), xy)
+    yaw = torch.where(beyond > 0, last[..., 2].expand_as(yaw), yaw)
+    return torch.cat([xy, yaw[..., None]], -1).reshape(B, K, H, 3)
+
+
 def idm_rollout(
     path: RoutePath,
     agents: AgentsOnPath,

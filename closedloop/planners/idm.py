@@ -20,6 +20,8 @@ from closedloop.planners.common import (
     idm_rollout,
     lane_speed_limit,
     path_poses,
+    retime,
+    travelled,
 )
 
 
@@ -72,7 +74,7 @@ class IDMPlanner:
         path = build_path(obs, self.params)
         agents = agents_on_path(obs, path)
         dims = obs.ego_dims
-        s, _, d, slope = idm_rollout(
+        s, v, d, slope = idm_rollout(
             path,
             agents,
             speed=obs.speed,
@@ -86,4 +88,5 @@ class IDMPlanner:
             steps=self.horizon_steps,
             dt=self.step,
         )
-        return Trajectory(poses=path_poses(path, s, d, slope)[:, 0], dt=self.step)
+        poses = retime(path_poses(path, s, d, slope), travelled(obs.speed, v, self.step))
+        return Trajectory(poses=poses[:, 0], dt=self.step)

@@ -38,7 +38,9 @@ from closedloop.planners.common import (
     lane_speed_limit,
     lateral_profile,
     path_poses,
+    retime,
     simulate_proposals,
+    travelled,
 )
 from closedloop.planners.idm import check_idm
 
@@ -158,7 +160,7 @@ class PDMClosedPlanner:
         limit = lane_speed_limit(obs)
         offset = offsets[None].expand(B, K)
         steps = max(self.horizon_steps, cfg.score_steps)
-        s, _, d, slope = idm_rollout(
+        s, v, d, slope = idm_rollout(
             path,
             agents,
             speed=speed,
@@ -176,10 +178,11 @@ class PDMClosedPlanner:
         s_stop = _emergency_stop(path, speed, self.params.max_decel, steps, self.step)
         zero = torch.zeros(B, 1, device=dev, dtype=speed.dtype)
         d_stop, slope_stop = lateral_profile(path, s_stop, zero, blend_length(speed[:, None], path.ego_d[:, None]))
+        distance = torch.cat([travelled(speed, v, self.step), s_stop - path.ego_s[:, None, None]], 1)
         s = torch.cat([s, s_stop], 1)
         d, slope = torch.cat([d, d_stop], 1), torch.cat([slope, slope_stop], 1)
         offset = torch.cat([offset, zero], 1)
-        poses = path_poses(path, s, d, slope)
+        poses = retime(path_poses(path, s, d, slope), distance)
         if not score:
             return poses[:, :, : self.horizon_steps], None
         sim = simulate_proposals(obs, poses[:, :, : cfg.score_steps], self.step)
