@@ -330,18 +330,24 @@ def lateral_profile(path: RoutePath, s: Tensor, target: Tensor, length: Tensor) 
 
 
 #: Blend length per metre of lateral shift (m/m): a shift of D m takes at least this many times
-#: D m of travel, so the heading never turns more than about 1.5 / this (0.25 rad) from the path.
+#: D m of travel, so the heading never turns more than about 1.9 / this (0.3 rad) from the path.
 BLEND_PER_SHIFT = 6.0
+#: Yaw acceleration (rad/s^2) a lateral blend may need at its ends at the speed now (the
+#: quintic's curvature changes at most at ``60 D / L^3`` per m, so ``60 v^2 D / L^3``).
+BLEND_YAW_ACCEL = 0.4
 
 
 def blend_length(speed: Tensor, shift: Tensor | float = 0.0) -> Tensor:
     """Distance (m) over which to shift laterally by ``shift`` m at ``speed`` (m/s): 3 s of
-    travel, >= 8 m and >= ``BLEND_PER_SHIFT`` x ``|shift|`` (broadcast shapes of the inputs).
+    travel, >= 8 m, >= ``BLEND_PER_SHIFT`` x ``|shift|`` and long enough that the yaw
+    acceleration stays under ``BLEND_YAW_ACCEL`` (broadcast shapes of the inputs).
 
-    Without the last bound a car a lane width (2.7 m) off the route at walking speed would swing
-    across in 8 m: a yaw acceleration above nuPlan's comfort bound (1.93 rad/s^2)."""
+    Without the last two bounds a car a lane width (2.7 m) off the route at 5 m/s swung across
+    in 15 m: 1.4 rad/s^2 of yaw acceleration, which nuPlan's longitudinal acceleration takes in
+    as 1.461 m x yaw acceleration (comfort bound 2.40 m/s^2)."""
     shift = torch.as_tensor(shift, dtype=speed.dtype, device=speed.device).abs()
-    return torch.maximum((3.0 * speed).clamp_min(8.0), BLEND_PER_SHIFT * shift)
+    yaw = (60.0 * speed.square() * shift / BLEND_YAW_ACCEL).pow(1.0 / 3.0)
+    return torch.maximum(torch.maximum((3.0 * speed).clamp_min(8.0), BLEND_PER_SHIFT * shift), yaw)
 
 
 def path_poses(path: RoutePath, s: Tensor, d: Tensor, slope: Tensor) -> Tensor:
