@@ -56,6 +56,9 @@ class IDMPlanner:
     into the lane, ``LANE_HALF_WIDTH`` m either side of the centreline) predicted at constant
     speed along the route. The desired speed is the speed limit of the ego's lane (13.9 m/s where
     unknown), lowered ahead of curves (see :class:`~closedloop.planners.common.IDMParams`).
+    Like nuPlan's IDM it accelerates at most at 1 m/s^2, and its acceleration changes by at most
+    ``max_jerk`` (2 m/s^3) per second, so that its plans -- and the ego tracking them -- stay
+    inside nuPlan's comfort bounds unless it must brake hard (issue 8).
     """
 
     name = "idm"
