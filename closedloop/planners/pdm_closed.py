@@ -17,7 +17,8 @@ half by scene number) plus the synthetic drives of ``av data synth --drives 4 --
 results on the HELD-OUT drives scene-0796, scene-1077, scene-1094, scene-1100 are reported
 separately (README, "Results on the 8 real nuScenes-mini drives"). One choice was made that
 way: ``idm.max_jerk`` 3.0 m/s^3 (kept) against 2.0 (mean CLS-NR on the synthetic drives 0.848
-against 0.820, measured before the pose re-spacing fix). The other values are unchanged: ``speed_fractions`` (0, 0.2, ..., 1),
+against 0.820, measured before the pose re-spacing fix). The other values are unchanged:
+``speed_fractions`` (0, 0.2, ..., 1),
 ``lateral_offsets`` (-1, 0, 1) m, 4 s scored, ``offset_penalty`` 0.1 per m, and IDM accel
 1.0 m/s^2 (nuPlan's IDM), decel 3.0, max_decel 6.0 m/s^2, min_gap 1.0 m, headway 1.5 s. The
 comfort fixes shared with the IDM planner (:mod:`closedloop.planners.common`: poses spaced at the
