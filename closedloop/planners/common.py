@@ -43,14 +43,14 @@ class IDMParams:
     current acceleration.
     """
 
-    accel: float = 1.5
+    accel: float = 1.0
     decel: float = 3.0
     max_decel: float = 6.0
     min_gap: float = 1.0
     headway: float = 1.5
     exponent: float = 4.0
     max_lat_accel: float = 2.0
-    max_jerk: float | None = None
+    max_jerk: float | None = 2.0
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,10 @@ def lateral_profile(path: RoutePath, s: Tensor, target: Tensor, length: Tensor) 
     ``path.ego_d``, slope ``path.ego_slope``) and blends into ``target`` offset over ``length`` m.
 
     ``s`` ``[B, K, ...]`` arc lengths; ``target`` ``[B, K]`` (m) and ``length`` ``[B, K]`` (m).
-    The blend is a cubic Hermite curve, so offset and heading are continuous at both ends.
+    The blend is a quintic Hermite curve with zero second derivative at both ends, so offset,
+    heading and curvature are continuous there: the steering needs no step when a shift starts
+    (a cubic's curvature jumps to ``6 |shift| / length^2``, which the tracking controller
+    followed with yaw accelerations above nuPlan's comfort bound).
     """
     extra = (1,) * (s.dim() - 2)
     L = length.reshape(*length.shape, *extra)
@@ -318,15 +321,33 @@ def lateral_profile(path: RoutePath, s: Tensor, target: Tensor, length: Tensor) 
     m0 = path.ego_slope.reshape(-1, 1, *extra) * L
     u = ((s - path.ego_s.reshape(-1, 1, *extra)) / L).clamp(0.0, 1.0)
     u2, u3 = u * u, u * u * u
-    d = (2 * u3 - 3 * u2 + 1) * d0 + (u3 - 2 * u2 + u) * m0 + (-2 * u3 + 3 * u2) * d1
-    dd = ((6 * u2 - 6 * u) * d0 + (3 * u2 - 4 * u + 1) * m0 + (-6 * u2 + 6 * u) * d1) / L
+    u4, u5 = u3 * u, u3 * u2
+    rise = 10 * u3 - 15 * u4 + 6 * u5  # 0 -> 1 with zero slope and curvature at both ends
+    d = d0 + (u - 6 * u3 + 8 * u4 - 3 * u5) * m0 + rise * (d1 - d0)
+    dd = ((1 - 18 * u2 + 32 * u3 - 15 * u4) * m0 + 30 * (u2 - 2 * u3 + u4) * (d1 - d0)) / L
     inside = (u > 0) & (u < 1)
     return d, torch.where(inside, dd, torch.zeros_like(dd))
 
 
-def blend_length(speed: Tensor) -> Tensor:
-    """Distance (m) over which to shift laterally at ``speed`` (m/s): 3 s of travel, >= 8 m."""
-    return (3.0 * speed).clamp_min(8.0)
+#: Blend length per metre of lateral shift (m/m): a shift of D m takes at least this many times
+#: D m of travel, so the heading never turns more than about 1.9 / this (0.3 rad) from the path.
+BLEND_PER_SHIFT = 6.0
+#: Yaw acceleration (rad/s^2) a lateral blend may need at its ends at the speed now (the
+#: quintic's curvature changes at most at ``60 D / L^3`` per m, so ``60 v^2 D / L^3``).
+BLEND_YAW_ACCEL = 0.4
+
+
+def blend_length(speed: Tensor, shift: Tensor | float = 0.0) -> Tensor:
+    """Distance (m) over which to shift laterally by ``shift`` m at ``speed`` (m/s): 3 s of
+    travel, >= 8 m, >= ``BLEND_PER_SHIFT`` x ``|shift|`` and long enough that the yaw
+    acceleration stays under ``BLEND_YAW_ACCEL`` (broadcast shapes of the inputs).
+
+    Without the last two bounds a car a lane width (2.7 m) off the route at 5 m/s swung across
+    in 15 m: 1.4 rad/s^2 of yaw acceleration, which nuPlan's longitudinal acceleration takes in
+    as 1.461 m x yaw acceleration (comfort bound 2.40 m/s^2)."""
+    shift = torch.as_tensor(shift, dtype=speed.dtype, device=speed.device).abs()
+    yaw = (60.0 * speed.square() * shift / BLEND_YAW_ACCEL).pow(1.0 / 3.0)
+    return torch.maximum(torch.maximum((3.0 * speed).clamp_min(8.0), BLEND_PER_SHIFT * shift), yaw)
 
 
 def path_poses(path: RoutePath, s: Tensor, d: Tensor, slope: Tensor) -> Tensor:
@@ -335,6 +356,44 @@ def path_poses(path: RoutePath, s: Tensor, d: Tensor, slope: Tensor) -> Tensor:
     xy, h = path.sample(s)
     normal = torch.stack([-torch.sin(h), torch.cos(h)], dim=-1)
     return torch.cat([xy + d[..., None] * normal, wrap_angle(h + torch.atan(slope))[..., None]], dim=-1)
+
+
+def travelled(speed: Tensor, v: Tensor, dt: float) -> Tensor:
+    """Distance ``[B, K, H]`` (m) driven by times ``dt .. H dt`` at speeds ``v`` ``[B, K, H]``
+    (m/s, at those times) from ``speed`` ``[B]`` now (trapezoidal)."""
+    prev = torch.cat([speed[:, None, None].expand(*v.shape[:2], 1), v[..., :-1]], -1)
+    return (0.5 * (prev + v) * dt).cumsum(-1)
+
+
+def retime(poses: Tensor, distance: Tensor) -> Tensor:
+    """Poses ``[B, K, H, 3]`` (ego frame, the ego at the origin) moved along their own polyline so
+    that the ``k``-th lies ``distance[..., k]`` m (``[B, K, H]``, non-decreasing) from the ego.
+
+    The poses of :func:`path_poses` are spaced by the path's smoothed curvature; where the route
+    polyline kinks (lane connectors) or the lateral offset changes fast their spacing, and with it
+    the speed the tracking controller follows, swung by 2-3 m/s^2 around the IDM speed (the
+    controller then drove at its 3.5 m/s^2 limit). Re-spacing them makes the plan's speed the IDM
+    speed. Beyond the last pose the path continues straight along its heading.
+    """
+    B, K, H, _ = poses.shape
+    pts = torch.cat([torch.zeros_like(poses[:, :, :1]), poses], 2)  # [B, K, H+1, 3]
+    seg = (pts[:, :, 1:, :2] - pts[:, :, :-1, :2]).norm(dim=-1)
+    length = torch.cat([torch.zeros_like(seg[..., :1]), seg.cumsum(-1)], -1)  # [B, K, H+1]
+    flat_len, q = length.reshape(B * K, H + 1).contiguous(), distance.reshape(B * K, H).contiguous()
+    i = (torch.searchsorted(flat_len, q).clamp(1, H) - 1)  # segment index [B K, H]
+    flat = pts.reshape(B * K, H + 1, 3)
+    p0 = flat.gather(1, i[..., None].expand(-1, -1, 3))
+    p1 = flat.gather(1, (i + 1)[..., None].expand(-1, -1, 3))
+    l0, l1 = flat_len.gather(1, i), flat_len.gather(1, i + 1)
+    t = ((q - l0) / (l1 - l0).clamp_min(1e-6)).clamp(0.0, 1.0)
+    xy = p0[..., :2] + t[..., None] * (p1[..., :2] - p0[..., :2])
+    yaw = wrap_angle(p0[..., 2] + t * wrap_angle(p1[..., 2] - p0[..., 2]))
+    beyond = (q - flat_len[:, -1:]).clamp_min(0.0)  # past the last pose: straight on
+    last = flat[:, -1:]
+    xy = torch.where((beyond > 0)[..., None], last[..., :2] + beyond[..., None] * torch.stack(
+        [torch.cos(last[..., 2]), torch.sin(last[..., 2])], -1), xy)
+    yaw = torch.where(beyond > 0, last[..., 2].expand_as(yaw), yaw)
+    return torch.cat([xy, yaw[..., None]], -1).reshape(B, K, H, 3)
 
 
 def idm_rollout(
@@ -346,6 +405,7 @@ def idm_rollout(
     offset: Tensor,
     corridor: Tensor,
     ego_front: Tensor,
+    ego_half_width: Tensor,
     params: IDMParams,
     steps: int,
     dt: float,
@@ -357,7 +417,11 @@ def idm_rollout(
     desired speed (m/s), further capped by the path's curve speed; ``offset`` ``[B, K]`` target lateral offset (m);
     ``corridor`` ``[B]`` half width (m) of the ego's corridor: an agent is a lead when its box
     reaches into ``|d - d_path(s_agent)| < corridor`` and its centre is ahead of the ego's rear
-    axle; ``ego_front`` ``[B]`` distance from the rear axle to the front bumper (m).
+    axle; ``ego_front`` ``[B]`` distance from the rear axle to the front bumper (m). An agent
+    alongside (its rear behind the ego's front bumper) is a lead only where its box reaches into
+    the ego's own width, ``ego_half_width`` ``[B]`` (m), around the ego's offset now: braking
+    cannot open a gap to a car beside the ego, and counting it (at the floored gap of 0.1 m) made
+    the ego brake at ``max_decel`` while it drove back to the route past a parked car.
     Leads move at constant speed along the path; the end of the route (``path.end_s``) is a
     stopped lead. ``steps`` x ``dt`` s are integrated.
 
@@ -365,12 +429,14 @@ def idm_rollout(
     ``d`` and slope ``dd/ds`` ``[B, K, H]`` at times ``dt .. H dt``.
     """
     B, K = target_speed.shape
-    blend = blend_length(speed)[:, None].expand(B, K)
+    blend = blend_length(speed[:, None], offset - path.ego_d[:, None])  # [B, K]
     d_at_agent, _ = lateral_profile(path, agents.s[:, None].expand(B, K, -1), offset, blend)  # [B, K, N]
     lateral_gap = (agents.d[:, None] - d_at_agent).abs() - agents.half_lat[:, None]
-    ahead_of_ego = agents.s[:, None] > path.ego_s[:, None, None]
-    lead = agents.valid[:, None] & (lateral_gap < corridor[:, None, None]) & ahead_of_ego  # [B, K, N]
     ahead = agents.s[:, None] - agents.half_lon[:, None]  # rear of the lead, at t = 0 [B, 1, N]
+    ahead_of_ego = agents.s[:, None] > path.ego_s[:, None, None]
+    beside = ahead <= (path.ego_s + ego_front)[:, None, None]
+    in_ego_width = ((agents.d - path.ego_d[:, None]).abs() - agents.half_lat < ego_half_width[:, None])[:, None]
+    lead = agents.valid[:, None] & (lateral_gap < corridor[:, None, None]) & ahead_of_ego & (~beside | in_ego_width)
     a = params.accel
     s = path.ego_s[:, None].expand(B, K).clone()
     v = speed[:, None].expand(B, K).clone()

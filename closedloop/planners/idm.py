@@ -20,6 +20,8 @@ from closedloop.planners.common import (
     idm_rollout,
     lane_speed_limit,
     path_poses,
+    retime,
+    travelled,
 )
 
 
@@ -54,6 +56,9 @@ class IDMPlanner:
     into the lane, ``LANE_HALF_WIDTH`` m either side of the centreline) predicted at constant
     speed along the route. The desired speed is the speed limit of the ego's lane (13.9 m/s where
     unknown), lowered ahead of curves (see :class:`~closedloop.planners.common.IDMParams`).
+    Like nuPlan's IDM it accelerates at most at 1 m/s^2, and its acceleration changes by at most
+    ``max_jerk`` (2 m/s^3) per second, so that its plans -- and the ego tracking them -- stay
+    inside nuPlan's comfort bounds unless it must brake hard (issue 8).
     """
 
     name = "idm"
@@ -72,7 +77,7 @@ class IDMPlanner:
         path = build_path(obs, self.params)
         agents = agents_on_path(obs, path)
         dims = obs.ego_dims
-        s, _, d, slope = idm_rollout(
+        s, v, d, slope = idm_rollout(
             path,
             agents,
             speed=obs.speed,
@@ -81,8 +86,10 @@ class IDMPlanner:
             offset=torch.zeros(B, 1, device=dims.device),
             corridor=torch.full((B,), LANE_HALF_WIDTH, device=dims.device),
             ego_front=front_overhang(dims),
+            ego_half_width=0.5 * dims[:, 1],
             params=self.params,
             steps=self.horizon_steps,
             dt=self.step,
         )
-        return Trajectory(poses=path_poses(path, s, d, slope)[:, 0], dt=self.step)
+        poses = retime(path_poses(path, s, d, slope), travelled(obs.speed, v, self.step))
+        return Trajectory(poses=poses[:, 0], dt=self.step)

@@ -9,6 +9,22 @@ constant velocity and leaving the drivable area are multipliers; progress along 
 time-to-collision and comfort are weighted with the evaluator's weights
 (:mod:`closedloop.evaluator.aggregate`, 5 : 5 : 2), comfort within its bounds. Ties go to the
 proposal whose first violation comes latest, then to the one with more progress.
+
+Parameters and the drives they were chosen on (issue 8). The defaults were first set on all 8
+nuScenes-mini drives, the same ones the README scores. From this change on, parameter choices
+are made only on the TUNING drives -- scene-0061, scene-0553, scene-0655, scene-0757 (the first
+half by scene number) plus the synthetic drives of ``av data synth --drives 4 --seed 7`` -- and
+results on the HELD-OUT drives scene-0796, scene-1077, scene-1094, scene-1100 are reported
+separately (README, "Results on the 8 real nuScenes-mini drives"). One choice was made that
+way: ``idm.max_jerk`` 3.0 m/s^3 (kept) against 2.0 (mean CLS-NR on the synthetic drives 0.848
+against 0.820, measured before the pose re-spacing fix). The other values are unchanged:
+``speed_fractions`` (0, 0.2, ..., 1),
+``lateral_offsets`` (-1, 0, 1) m, 4 s scored, ``offset_penalty`` 0.1 per m, and IDM accel
+1.0 m/s^2 (nuPlan's IDM), decel 3.0, max_decel 6.0 m/s^2, min_gap 1.0 m, headway 1.5 s. The
+comfort fixes shared with the IDM planner (:mod:`closedloop.planners.common`: poses spaced at the
+IDM speed, no leads beside the ego, the quintic lateral blend) are corrections of mechanisms, not
+fitted values; the drives that showed them (scene-0757, scene-0061, scene-1094, scene-1100) lie
+in both halves.
 """
 
 from __future__ import annotations
@@ -38,7 +54,9 @@ from closedloop.planners.common import (
     lane_speed_limit,
     lateral_profile,
     path_poses,
+    retime,
     simulate_proposals,
+    travelled,
 )
 from closedloop.planners.idm import check_idm
 
@@ -158,7 +176,7 @@ class PDMClosedPlanner:
         limit = lane_speed_limit(obs)
         offset = offsets[None].expand(B, K)
         steps = max(self.horizon_steps, cfg.score_steps)
-        s, _, d, slope = idm_rollout(
+        s, v, d, slope = idm_rollout(
             path,
             agents,
             speed=speed,
@@ -167,6 +185,7 @@ class PDMClosedPlanner:
             offset=offset,
             corridor=0.5 * dims[:, 1] + cfg.corridor_margin,
             ego_front=front_overhang(dims),
+            ego_half_width=0.5 * dims[:, 1],
             params=self.params,
             steps=steps,
             dt=self.step,
@@ -174,11 +193,12 @@ class PDMClosedPlanner:
         # One more proposal: an emergency stop along the centreline, at the hard braking limit.
         s_stop = _emergency_stop(path, speed, self.params.max_decel, steps, self.step)
         zero = torch.zeros(B, 1, device=dev, dtype=speed.dtype)
-        d_stop, slope_stop = lateral_profile(path, s_stop, zero, blend_length(speed)[:, None])
+        d_stop, slope_stop = lateral_profile(path, s_stop, zero, blend_length(speed[:, None], path.ego_d[:, None]))
+        distance = torch.cat([travelled(speed, v, self.step), s_stop - path.ego_s[:, None, None]], 1)
         s = torch.cat([s, s_stop], 1)
         d, slope = torch.cat([d, d_stop], 1), torch.cat([slope, slope_stop], 1)
         offset = torch.cat([offset, zero], 1)
-        poses = path_poses(path, s, d, slope)
+        poses = retime(path_poses(path, s, d, slope), distance)
         if not score:
             return poses[:, :, : self.horizon_steps], None
         sim = simulate_proposals(obs, poses[:, :, : cfg.score_steps], self.step)
