@@ -15,7 +15,8 @@ It reads a drive the way nuScenes users do:
   more than ``MAX_KEYFRAME_GAP_S`` between two of its annotations, it is masked (never
   extrapolated). Categories map to :class:`~av.types.AgentType` by :func:`agent_type_of`.
 * **Map**: ``NuScenesMap`` of ``log.location``, cropped to the bounding box of the ego track plus
-  ``crop_margin_m``: lanes and lane connectors whose polygon intersects it (what the devkit's
+  :func:`crop_margin` (``crop_margin_m``, or the distance the ego covers over the horizon at its
+  fastest logged speed if that is more, so the map covers where the ego can reach): lanes and lane connectors whose polygon intersects it (what the devkit's
   ``get_records_in_patch`` returns, found through a spatial index; centrelines from its
   ``discretize_lanes``, resampled to at most ``MAX_POINT_SPACING_M``), their polygons and
   ``outgoing`` connectivity, and the drivable area clipped to the box (even-odd rings).
@@ -750,6 +751,17 @@ class _LocationMap:
         ), route
 
 
+def crop_margin(ego: np.ndarray, config: ImportConfig) -> float:
+    """Metres of map kept around the bounding box of a scenario's ego track ``ego`` ``[T, 5]``:
+    ``crop_margin_m``, or the reach ``v_max * future_s`` if larger (``v_max`` the fastest logged
+    speed), so that a planner that never drives faster than the logged ego (a constant-velocity
+    rollout, say) stays on the kept map for the whole horizon. Beyond the kept box the drivable area
+    is cut off, and a car there would be scored (and drawn) as off the road."""
+    speed = np.hypot(ego[:, 3], ego[:, 4])
+    v_max = float(np.nanmax(speed)) if speed.size and np.isfinite(speed).any() else 0.0
+    return max(float(config.crop_margin_m), v_max * float(config.future_s))
+
+
 def _scenario(
     sid: str, drive: _Drive, lmap: _LocationMap, start: int, stop: int, config: ImportConfig
 ) -> Scenario:
@@ -757,7 +769,7 @@ def _scenario(
     sl = slice(start, stop)
     ego = drive.ego[sl]
     origin = np.array(drive.origin)
-    map_data, route = lmap.crop(ego[:, :2] + origin, ego[:, 2], origin, config.crop_margin_m)
+    map_data, route = lmap.crop(ego[:, :2] + origin, ego[:, 2], origin, crop_margin(ego, config))
     keep = drive.agent_valid[:, sl].any(axis=1)
     return Scenario(
         id=sid,
