@@ -80,6 +80,11 @@ class SearchReport:
     scored with the reference planner; ``found``: evaluated variants scoring at least ``min_drop``
     below their parent; ``solvable``: those the reference planner solves; ``kept``: the returned
     variants (the lowest-scoring solvable ones, ``keep_per_parent`` per parent).
+    ``kept_parent_score``, ``kept_score`` and ``mean_drop`` are means over the kept variants (of
+    each one's parent score, its own score and their difference, so ``mean_drop`` =
+    ``kept_parent_score - kept_score``); ``variants`` lists every kept variant with ``variant``
+    and ``parent`` ids, ``family``, ``parent_score``, ``variant_score``, ``drop`` and
+    ``reference_score`` (the reference planner's score on the variant).
     """
 
     planner: str
@@ -91,17 +96,25 @@ class SearchReport:
     found: int
     solvable: int
     kept: int
-    parent_score: float
+    kept_parent_score: float
     kept_score: float
     mean_drop: float
     mean_drop_solvable: float
     kept_by_family: dict[str, int]
     rejected: dict[str, int]
     seconds: float
+    variants: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: floats rounded to 4 decimals, NaN (no variant to average) as ``None``."""
-        return {k: (None if v != v else round(v, 4)) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+        def clean(v: Any) -> Any:
+            if isinstance(v, float):
+                return None if v != v else round(v, 4)
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+        return {k: clean(v) for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -320,13 +333,16 @@ def _summarise(
         found=len(found),
         solvable=len(solvable),
         kept=len(kept),
-        parent_score=mean([float(b) for b in base]),
+        kept_parent_score=mean([float(base[c.parent]) for c in kept]),
         kept_score=mean([c.score for c in kept]),
         mean_drop=mean([float(base[c.parent]) - c.score for c in kept]),
         mean_drop_solvable=mean([float(base[c.parent]) - c.score for c in solvable]),
         kept_by_family=dict(sorted(Counter(c.family for c in kept).items())),
         rejected=dict(sorted(stats.rejected.items(), key=lambda kv: (-kv[1], kv[0]))),
         seconds=round(seconds, 2),
+        variants=[{"variant": c.variant.id, "parent": parents[c.parent].id, "family": c.family,
+                   "parent_score": float(base[c.parent]), "variant_score": c.score,
+                   "drop": float(base[c.parent]) - c.score, "reference_score": c.reference} for c in kept],
     )
     return [c.variant for c in kept], report
 

@@ -64,6 +64,14 @@ def test_search_finds_solvable_variants_that_score_below_their_parent(parents: l
         assert judge([v], REFERENCE)[0] >= cfg.solved_threshold  # ... that the reference solves
         assert check(v, parent) == [] and regenerate(v.provenance, parent) == v
     assert report.mean_drop >= 0.2
+    # per kept variant: its parent's score, its own, the drop and the reference planner's score
+    assert [r["variant"] for r in report.variants] == [v.id for v in variants]
+    for r, v in zip(report.variants, variants):
+        assert r["parent"] == v.provenance.parent_id and r["parent_score"] == base[r["parent"]]
+        assert r["variant_score"] == judge([v], PLANNER)[0] and r["reference_score"] == judge([v], REFERENCE)[0]
+        assert r["drop"] == r["parent_score"] - r["variant_score"] >= cfg.min_drop
+    assert report.mean_drop == pytest.approx(report.kept_parent_score - report.kept_score)
+    assert report.as_dict()["variants"][0]["drop"] == round(report.variants[0]["drop"], 4)
     # one batched call per iteration for the planner, plus the parents, plus reference checks
     planner_calls = [n for p, n in scorer.calls if p == PLANNER]
     assert planner_calls[0] == 2 and sum(planner_calls[1:]) == 48 and len(planner_calls) == 1 + cfg.iterations
