@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
+import time
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +58,7 @@ from closedloop.driver import rollout as drive
 from closedloop.sim import SimConfig, make_simulator
 from scenarios.store import iter_store, store_count
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 RESULTS = "results.parquet"
 SUMMARY = "summary.json"
@@ -212,10 +215,12 @@ def _simulator(config: EvalConfig) -> tuple[str, SimConfig]:
     return config.sim, SimConfig(agents=config.agents)
 
 
-def _score_batch(sim: Any, chunk: list[Scenario], planner: Planner, config: EvalConfig) -> _Part:
+def _score_batch(sim: Any, chunk: list[Scenario], planner: Planner, config: EvalConfig,
+                 on_step: Callable[[int, int], None] | None = None) -> _Part:
     batch = collate(chunk).to(config.device)
     with torch.no_grad():
-        rollout = drive(sim, batch, planner, plan_every=config.plan_every, record_plans=config.worst > 0)
+        rollout = drive(sim, batch, planner, plan_every=config.plan_every, record_plans=config.worst > 0,
+                        on_step=on_step)
         scores = {m: v.detach().double().cpu().numpy() for m, v in evaluate(rollout).items()}
     why = reasons({m: torch.from_numpy(v) for m, v in scores.items()})
     rows, worst = [], []
@@ -279,17 +284,28 @@ def evaluate_planner(config: EvalConfig, planner: Planner, partial: Path | None 
     console = Console(stderr=True)
     with Progress(*columns, console=console, disable=not (config.progress and console.is_terminal), transient=True) as bar:
         task = bar.add_task(f"{planner.name} / {config.agents}", total=total)
+        log.info("%s / %s agents: %d scenarios in batches of %d", planner.name, config.agents, total, config.batch_size)
         for k, chunk in enumerate(_batches(config.store, config.batch_size)):
             bar.update(task, description=f"{planner.name} / {config.agents} batch {k + 1}")
             saved = None if partial is None else partial / f"batch-{k:05d}.pt"
             part = _load_part(saved, chunk) if saved is not None and saved.is_file() else None
+            start, done = time.perf_counter(), len(rows)
             if part is None:
-                part = _score_batch(sim, chunk, planner, config)
+                def moved(step: int, steps: int, done: int = done, n: int = len(chunk)) -> None:
+                    bar.update(task, completed=done + n * step // max(steps, 1))  # per scenario, not per batch
+
+                part = _score_batch(sim, chunk, planner, config, moved)
                 if saved is not None:
                     _save_part(saved, part)
+                how = f"simulated and scored in {time.perf_counter() - start:.1f} s"
+            else:
+                how = "loaded from an interrupted run"
             rows += part.rows
             worst = sorted([*worst, *part.worst], key=_rank_key)[: config.worst]
-            bar.advance(task, len(chunk))
+            bar.update(task, completed=len(rows))
+            cls = [r["cls"] for r in part.rows if math.isfinite(r["cls"])]
+            log.info("%s / %s batch %d: scenarios %d-%d of %d %s, mean CLS %.3f", planner.name, config.agents,
+                     k + 1, done + 1, len(rows), total, how, float(np.mean(cls)) if cls else math.nan)
     if not rows:
         raise AvError(f"{config.store}: the store holds no scenarios")
     rows.sort(key=lambda r: r["scenario_id"])
@@ -518,6 +534,7 @@ def run_eval(config: EvalConfig) -> ResultTable:
     """
     config.validate()
     store_count(config.store)  # a missing or foreign store fails here, before any work
+    log.info("evaluating %s with %s agents on %s into %s", config.planner, config.agents, config.store, config.out)
     planner = make_planner(config.planner, **config.planner_settings)
     inputs = run_inputs(config)
     key = digest(inputs)
@@ -528,6 +545,7 @@ def run_eval(config: EvalConfig) -> ResultTable:
         done = old.select(planner.name, config.agents)
         meta = next((r for r in previous["rows"] if (r["planner"], r["agents"]) == (planner.name, config.agents)), {})
         if len(done) and meta.get("key") == key:
+            log.info("%s / %s: up to date in %s, kept", planner.name, config.agents, run_dir)
             return done
     partial = run_dir / PARTIAL / f"{_safe(planner.name)}--{_safe(config.agents)}--{key[:16]}"
     for stale in _partial_dirs(run_dir, planner.name, config.agents):
@@ -539,11 +557,15 @@ def run_eval(config: EvalConfig) -> ResultTable:
         if config.threads:
             torch.set_num_threads(config.threads)
         table, worst = evaluate_planner(config, planner, partial)
+        log.info("%s: measuring the batch-1 planning latency", planner.name)
         cost = planner_cost(planner, next(iter_store(config.store)))
     finally:
         torch.set_num_threads(threads)
     merged = _merge(old, table, planner.name, config.agents)
     summary = summarize(merged, previous)
+    if config.worst > 0:
+        log.info("%s / %s: drawing the %d worst scenarios into %s", planner.name, config.agents, len(worst),
+                 run_dir / MEDIA)
     rendered = _render_worst(run_dir, planner.name, config.agents, worst) if config.worst > 0 else []
     for row in summary["rows"]:
         if (row["planner"], row["agents"]) == (planner.name, config.agents):
@@ -553,8 +575,10 @@ def run_eval(config: EvalConfig) -> ResultTable:
     shutil.rmtree(partial)
     if not any((run_dir / PARTIAL).iterdir()):
         (run_dir / PARTIAL).rmdir()
+    log.info("%s / %s: %d scenarios, wrote %s and %s", planner.name, config.agents, len(table),
+             run_dir / RESULTS, run_dir / SUMMARY)
     if config.report:
         from closedloop.report import write_report
 
-        write_report(run_dir)
+        log.info("report: %s", write_report(run_dir))
     return table

@@ -20,6 +20,7 @@ least ``solved_threshold`` -- an unavoidable crash says nothing about the planne
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
@@ -41,6 +42,7 @@ from scenarios.variants import (
     try_variant,
 )
 
+log = logging.getLogger(__name__)
 ScoreFn = Callable[[Sequence[Scenario], str], np.ndarray]
 
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -266,6 +268,8 @@ def adversarial_search(
         raise AvError(f"unknown search family {sorted(unknown)[0]!r}; choose from {', '.join(FAMILIES)}")
     t0 = time.perf_counter()
     names = list(config.families)
+    log.info("adversarial search: %d parents, budget %d, %s vs reference %s", len(parents), budget, planner,
+             reference_planner)
     base = _scores(score_fn, parents, planner)
     known = [plausibility.issue_keys(p) for p in parents]
     states = [_ParentState({n: _family(n) for n in names}, np.full(len(names), 1.0 / len(names))) for _ in parents]
@@ -289,6 +293,11 @@ def adversarial_search(
             n_elite = max(2, math.ceil(config.elite_frac * counts[p]))
             _refit(state, mine[:n_elite], names, config)
         evaluated += cands
+        found = [c for c in cands if c.score <= base[c.parent] - config.min_drop]
+        log.info("adversarial iteration %d/%d: %d variants scored, %d at least %.2f below their parent, "
+                 "%d of them solved by %s (%.1f s so far)", it + 1, iterations, len(cands), len(found),
+                 config.min_drop, sum(c.reference >= config.solved_threshold for c in found), reference_planner,
+                 time.perf_counter() - t0)
     seconds = time.perf_counter() - t0
     return _summarise(parents, len(open_), base, evaluated, stats, planner, reference_planner, config, seconds)
 

@@ -141,7 +141,10 @@ def test_cli_adversarial_runs_the_closed_loop_search(make_scenario, tmp_path, ca
                "--reference-planner", "log_replay", "--budget", "3", "--iterations", "1",
                "--out", str(tmp_path / "out")])
     assert rc == 0
-    report = json.loads(capsys.readouterr().out)
+    cap = capsys.readouterr()
+    report = json.loads(cap.out)
+    # without a terminal: a line per scored batch and per search iteration on stderr
+    assert "constant_velocity: scenarios 1-1 of 1 scored in" in cap.err and "adversarial iteration 1/1:" in cap.err
     assert report["parents"] == 1 and report["evaluated"] <= 3 and report["planner"] == "constant_velocity"
     assert report["kept"] == len([s for s in read_store(tmp_path / "out") if s.provenance is not None])
     rc = main(["scenarios", "adversarial", "--store", str(tmp_path / "in"), "--planner", "nope",

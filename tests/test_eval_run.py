@@ -163,3 +163,31 @@ def test_real_drives_key_result(real_store: Path, tmp_path: Path) -> None:
     assert cls["log_replay"] >= 0.90, cls
     assert cls["constant_velocity"] <= cls["log_replay"] - 0.3, cls
     assert cls["pdm_closed"] >= cls["idm"], cls
+
+
+def test_without_a_terminal_eval_logs_a_line_per_batch_and_q_silences_it(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["closedloop", "eval", "--store", str(tiny_store), "--planner", "constant_velocity", "--worst", "0",
+            "--batch-size", "2", "--threads", "1", "--no-report"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "constant_velocity / log batch 1: scenarios 1-2 of 3 simulated and scored in" in err
+    assert "constant_velocity / log batch 2: scenarios 3-3 of 3" in err
+    assert main(["-q", *argv, "--out", str(tmp_path / "b")]) == 0
+    assert "batch" not in capsys.readouterr().err
+
+
+def test_the_driver_reports_every_step(tiny_store: Path) -> None:
+    from av.batch import collate
+    from closedloop.driver import rollout
+    from closedloop.planner import make_planner
+    from closedloop.sim import make_simulator
+    from scenarios.store import read_store
+
+    seen: list[tuple[int, int]] = []
+    batch = collate(read_store(tiny_store)[:2])
+    rollout(make_simulator("builtin", agents="log"), batch, make_planner("constant_velocity"),
+            record_plans=False, on_step=lambda k, n: seen.append((k, n)))
+    n = seen[0][1]
+    assert n == 40 - 1 - 10 and seen == [(k, n) for k in range(1, n + 1)]  # 40 steps, history 10
