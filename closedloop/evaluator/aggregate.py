@@ -187,26 +187,23 @@ def summarise_times(step: Tensor, start_step: Tensor, dt: float) -> Tensor:
 def worst_window_step(window_progress: MetricValues) -> Tensor:
     """Step ``[B]`` ending the 1.1 s window with the most backward progress (DDC's ``m``), -1 if DDC = 1."""
     w = torch.where(window_progress.valid, window_progress.values.double(), torch.full((), math.inf, dtype=torch.float64))
-    if not w.shape[1]:
-        return torch.full((w.shape[0],), -1, dtype=torch.long)
-    step = w.argmin(1)
+    step = w.argmin(1)  # W >= 1 (see nuplan.build_scene)
     return torch.where(-w.amin(1) >= DDC_COMPLIANT_M, step, -1)
 
 
 def max_value(m: MetricValues) -> Tensor:
     """Largest valid value ``[B]`` over the last axis (0 where none is valid), float64."""
-    v = torch.where(m.valid, m.values.double(), torch.zeros((), dtype=torch.float64))
-    return v.amax(-1) if v.shape[-1] else torch.zeros(v.shape[0], dtype=torch.float64)
+    return torch.where(m.valid, m.values.double(), torch.zeros((), dtype=torch.float64)).amax(-1)
 
 
 def comfort_failures(values: MetricValues, within: MetricValues) -> tuple[Tensor, Tensor]:
     """Per comfort check, the first sample outside its bound: window step ``[B, 6]`` (-1 if none) and
     the filtered value there ``[B, 6]`` (NaN if none). ``values`` ``[B, 6, W]`` filtered series,
     ``within`` their bool bound checks (both as :func:`closedloop.evaluator.nuplan.comfort_values`)."""
-    hit = ~within.values.bool() & within.valid
-    step = hit.to(torch.uint8).argmax(-1) if hit.shape[-1] else torch.zeros(hit.shape[:2], dtype=torch.long)
-    has = hit.any(-1) if hit.shape[-1] else torch.zeros(hit.shape[:2], dtype=torch.bool)
-    v = torch.gather(values.values.double(), -1, step[..., None])[..., 0] if hit.shape[-1] else step.double()
+    hit = ~within.values.bool() & within.valid  # W >= 1 (see nuplan.build_scene)
+    step = hit.to(torch.uint8).argmax(-1)
+    has = hit.any(-1)
+    v = torch.gather(values.values.double(), -1, step[..., None])[..., 0]
     return torch.where(has, step, -1), torch.where(has, v, torch.full_like(v, math.nan))
 
 
