@@ -191,3 +191,25 @@ def test_the_driver_reports_every_step(tiny_store: Path) -> None:
             record_plans=False, on_step=lambda k, n: seen.append((k, n)))
     n = seen[0][1]
     assert n == 40 - 1 - 10 and seen == [(k, n) for k in range(1, n + 1)]  # 40 steps, history 10
+
+
+def test_log_lines_go_to_the_current_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+    import logging
+    import sys
+
+    from av.cli.main import configure_logging
+
+    configure_logging(verbose=1)
+    other = io.StringIO()
+    real, sys.stderr = sys.stderr, other
+    try:
+        logging.getLogger("closedloop.probe").info("one line")
+    finally:
+        sys.stderr = real
+    logging.getLogger("closedloop.probe").info("another")
+    assert other.getvalue().endswith("closedloop.probe: one line\n")
+    assert "closedloop.probe: another" in capsys.readouterr().err
+    configure_logging(quiet=True)
+    logging.getLogger("closedloop.probe").info("hidden")
+    assert "hidden" not in capsys.readouterr().err

@@ -34,6 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (it may be replaced later)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def configure_logging(verbose: int = 0, quiet: bool = False) -> int:
     """Send the project's log records to stderr, one line each; return the level set.
 
@@ -47,7 +59,7 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> int:
         level = logging.DEBUG if verbose > 1 else logging.INFO
     else:
         level = logging.WARNING if sys.stderr.isatty() else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("av: %(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
     setattr(handler, "_av_cli", True)
     for name in LOGGED:
