@@ -319,9 +319,12 @@ def _agent_corners(agents: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 
 def _draw_map(ax: Axes, m: MapData, route: np.ndarray) -> None:
-    """Static map artists: drivable area, lane centrelines (connectors dashed), route lanes."""
-    if len(m.drivable_ring_offsets) > 1:
-        ax.add_patch(PathPatch(_drivable_path(m), fc=DRIVABLE_COLOR, ec="#b9b9b3", lw=0.6, zorder=0))
+    """Static map artists: drivable surface (:func:`drivable_paths`), lane centrelines (connectors
+    dashed), route lanes."""
+    rings, polygons = drivable_paths(m)
+    ax.add_collection(PolyCollection([p.vertices for p in polygons], facecolors=DRIVABLE_COLOR, edgecolors="none", zorder=0))
+    if len(rings.vertices):
+        ax.add_patch(PathPatch(rings, fc=DRIVABLE_COLOR, ec="#b9b9b3", lw=0.6, zorder=0))
     lanes = [m.lane(i)[:, :2] for i in range(m.num_lanes)]
     conn = m.lane_is_connector
     ax.add_collection(
@@ -336,6 +339,16 @@ def _draw_map(ax: Axes, m: MapData, route: np.ndarray) -> None:
     ax.add_collection(
         LineCollection([lanes[i] for i in route], colors=ROUTE_COLOR, linewidths=5, alpha=0.45, zorder=1)
     )
+
+
+def drivable_paths(m: MapData) -> tuple[MplPath, list[MplPath]]:
+    """The drivable surface as drawn: the drivable rings (one even-odd path, see
+    :func:`_drivable_path`) and every lane / connector polygon. It is the evaluator's (nuPlan's
+    drivable area is the union of the drivable-area layer, lanes and connectors), so a car drawn
+    off the grey surface is one that the drivable-area metric flags."""
+    o, pts = m.lane_polygon_offsets, m.lane_polygon_points
+    polygons = [MplPath(pts[o[k] : o[k + 1]]) for k in range(len(o) - 1) if o[k + 1] - o[k] >= 3]
+    return _drivable_path(m), polygons
 
 
 def _drivable_path(m: MapData) -> MplPath:

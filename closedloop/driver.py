@@ -11,7 +11,7 @@ adversarial scorer, the teacher's search and closed-loop training all call this 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -54,6 +54,7 @@ def rollout(
     plan_every: int = 1,
     record_plans: bool = True,
     spec: ObservationSpec | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> Rollout:
     """Drive ``planner`` closed-loop through every scenario of ``batch`` on ``simulator``.
 
@@ -68,6 +69,7 @@ def rollout(
 
     Returns the :class:`Rollout` with, per step, which monitors vetoed and whether the fallback
     drove (``vetoes`` ``[B, T, M]``, ``fallback_used`` ``[B, T]``, ``veto_reasons``).
+    ``on_step(done, total)`` is called after each simulated step (progress reporting).
     """
     if plan_every < 1:
         raise AvError(f"plan_every must be >= 1, got {plan_every}")
@@ -135,6 +137,8 @@ def rollout(
         window = window.push(snap.ego, snap.agents, snap.agent_valid)
         snaps.append(snap)
         plans.append(current)
+        if on_step is not None:
+            on_step(k + 1, steps)
     return _assemble(batch, start, snaps, plans, planner.name, simulator.agent_mode,
                      record_plans, vetoes, fallback_used, tuple(m.name for m in monitors), tuple(reasons))
 

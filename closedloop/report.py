@@ -5,7 +5,8 @@
 
 * a score table: one row per planner x agent mode (scenario count, the planner's parameter
   count and batch-1 planning latency, CLS and PDMS with their 95 % confidence intervals, every
-  sub-metric mean);
+  sub-metric mean, and the number of scenarios a mean is over where undefined values were left
+  out); PDMS headings say that it covers the first 4 s;
 * one bar chart per score (``RUN_DIR/figures/<metric>.png``, matplotlib Agg), with the CIs as
   error bars;
 * the bird's-eye-view GIFs of each planner's worst scenarios (rendered by the runner into
@@ -29,7 +30,7 @@ from matplotlib.figure import Figure
 
 from av.errors import AvError
 from av.fileio import atomic_write_bytes
-from closedloop.evaluator import NUPLAN_NAMES, PDMS_NAMES
+from closedloop.evaluator import NUPLAN_NAMES, PDMS_HORIZON_S, PDMS_NAMES
 
 REPORT = "report.html"
 FIGURES = "figures"
@@ -69,7 +70,7 @@ def metric_names(rows: list[dict[str, Any]]) -> list[str]:
     names: list[str] = []
     for row in rows:
         for k in row:
-            if k not in ROW_KEYS and not k.endswith("_ci95") and k not in names:
+            if k not in ROW_KEYS and not k.endswith(("_ci95", "_n")) and k not in names:
                 names.append(k)
     return [m for m in _HEADLINE if m in names] + [m for m in names if m not in _HEADLINE]
 
@@ -78,6 +79,11 @@ def _fmt(v: Any) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
     return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def heading(metric: str) -> str:
+    """The column heading of ``metric``: PDMS and its sub-scores say that they cover the first 4 s."""
+    return f"{metric} (first {PDMS_HORIZON_S:g} s)" if metric.startswith("pdms") else metric
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -102,7 +108,7 @@ def _bar_chart(metric: str, rows: list[dict[str, Any]], out: Path) -> None:
             ecolor="#333", capsize=3)
     ax.set_yticks(ys, labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_title(metric, fontsize=10)
+    ax.set_title(heading(metric), fontsize=10)
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -113,7 +119,7 @@ def _bar_chart(metric: str, rows: list[dict[str, Any]], out: Path) -> None:
 def _score_table(rows: list[dict[str, Any]], metrics: list[str], with_cost: bool = False) -> str:
     """One row per planner x agent mode; ``with_cost``: also parameter count and latency (ms)."""
     cost = [k for k in ("params", "latency_ms") if with_cost and any(r.get(k) is not None for r in rows)]
-    head = "".join(f"<th>{html.escape(m)}</th>" for m in ["planner", "agents", "scenarios", *cost, *metrics])
+    head = "".join(f"<th>{html.escape(heading(m))}</th>" for m in ["planner", "agents", "scenarios", *cost, *metrics])
     body = []
     for r in rows:
         cells = [f'<td class="key">{html.escape(str(r["planner"]))}</td>',
@@ -122,7 +128,9 @@ def _score_table(rows: list[dict[str, Any]], metrics: list[str], with_cost: bool
         for m in metrics:
             ci = r.get(f"{m}_ci95")
             ci_txt = f'<br><span class="ci">[{_fmt(ci[0])}, {_fmt(ci[1])}]</span>' if ci else ""
-            cells.append(f"<td>{_fmt(r.get(m))}{ci_txt}</td>")
+            n = r.get(f"{m}_n")
+            n_txt = f'<br><span class="ci">n = {n}</span>' if n is not None and n != r["scenarios"] else ""
+            cells.append(f"<td>{_fmt(r.get(m))}{ci_txt}{n_txt}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f'<div class="scroll"><table><tr>{head}</tr>{"".join(body)}</table></div>'
 
@@ -142,7 +150,8 @@ def _worst_section(rows: list[dict[str, Any]], run_dir: Path) -> str:
                    if img and (run_dir / img).is_file() else "<p>(no picture)</p>")
             figs.append(
                 f"<figure>{pic}<figcaption><b>{html.escape(w['scenario_id'])}</b> "
-                f"CLS {_fmt(w.get('cls'))}, PDMS {_fmt(w.get('pdms'))}<ul>{items}</ul></figcaption></figure>"
+                f"CLS {_fmt(w.get('cls'))}, PDMS {_fmt(w.get('pdms'))} (first {PDMS_HORIZON_S:g} s only)"
+                f"<ul>{items}</ul></figcaption></figure>"
             )
         parts.append(f"<h3>{html.escape(_label(r))}</h3>" + "".join(figs))
     return "".join(parts) or "<p>No rendered scenarios.</p>"
@@ -165,8 +174,11 @@ def write_report(run_dir: str | Path) -> Path:
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Closed-loop evaluation</title>"
         f"<style>{_CSS}</style></head><body>"
         f"<h1>Closed-loop evaluation</h1><p>{html.escape(str(run_dir.resolve().name))}: "
-        f"{len(rows)} planner x agent-mode runs. CLS: nuPlan closed-loop score; PDMS: NAVSIM PDM score; "
-        "brackets: 95 % bootstrap confidence interval of the mean over scenarios.</p>"
+        f"{len(rows)} planner x agent-mode runs. CLS: nuPlan closed-loop score over the whole simulated drive; "
+        f"PDMS: NAVSIM PDM score, which covers only the first {PDMS_HORIZON_S:g} s of the simulated drive "
+        "(so a drive can score PDMS 1 and still collide later); "
+        "brackets: 95 % bootstrap confidence interval of the mean over scenarios; n: the number of "
+        "scenarios a mean is over where it is not all of them (undefined values are left out).</p>"
         f"<h2>Scores</h2>{_score_table(rows, scores, with_cost=True)}"
         f"<h2>Metrics</h2><div class=\"charts\">{''.join(charts)}</div>"
         f"<h2>Worst scenarios</h2>{_worst_section(rows, run_dir)}"

@@ -5,10 +5,13 @@ one planner and one background-agent mode, scores each rollout with the behavior
 merges the rows into the run directory:
 
 * ``RUN_DIR/results.parquet``: one row per scenario x planner x agent mode, one column per
-  metric (``scenario_id``, ``planner``, ``agents`` first); ``schema_version`` in the file's
+  metric (``scenario_id``, ``planner``, ``agents`` first) and ``reasons``, why the scenario lost
+  points in words (:func:`closedloop.evaluator.reasons`); ``schema_version`` in the file's
   metadata. Rows of the same planner and agent mode are replaced, others kept.
 * ``RUN_DIR/summary.json``: one row per planner x agent mode with the scenario count, the mean
-  of every metric and its 95 % bootstrap confidence interval (fixed seed), and the worst
+  of every metric, its 95 % bootstrap confidence interval (fixed seed) and ``<metric>_n``, the
+  number of scenarios it is over (undefined values, NaN or a placeholder such as a
+  ``first_at_fault_step`` of -1, are left out), and the worst
   scenarios (lowest CLS) with the reasons they lost points and their GIF under ``media/``;
   the planner's cost: ``params`` (learned planners) and ``latency_ms`` (:func:`planner_cost`).
 * ``RUN_DIR/report.html`` (see :mod:`closedloop.report`), regenerated after every run.
@@ -27,12 +30,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
+import time
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -46,19 +51,22 @@ from av.fileio import atomic_write_bytes, atomic_write_json
 from av.keys import digest, path_digests, tree_digest
 from av.settings import settings_dict
 from av.types import Scenario
-from closedloop.evaluator import Reference, evaluate, reasons
+from closedloop.evaluator import PLACEHOLDERS, UNAVERAGED, Reference, evaluate, reasons
 from closedloop.planner import Planner, make_planner, planner_settings
 from closedloop.rollout import Rollout
 from closedloop.driver import rollout as drive
 from closedloop.sim import SimConfig, make_simulator
 from scenarios.store import iter_store, store_count
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 RESULTS = "results.parquet"
 SUMMARY = "summary.json"
 MEDIA = "media"
 PARTIAL = "partial"
 KEYS = ("scenario_id", "planner", "agents")
+#: String columns of the results that are not metrics: why the scenario lost points, in words.
+TEXT = ("reasons",)
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0
 #: What a planning call costs, in each summary row: parameter count, median batch-1 CPU latency.
@@ -122,7 +130,7 @@ class ResultTable:
 
     @property
     def metrics(self) -> list[str]:
-        return [c for c in self.table.column_names if c not in KEYS]
+        return [c for c in self.table.column_names if c not in KEYS and c not in TEXT]
 
     def rows(self) -> list[dict[str, Any]]:
         return self.table.to_pylist()
@@ -219,17 +227,20 @@ def _pdms_reference(config: EvalConfig) -> Reference:
     return lambda batch: drive(sim, batch.to(config.device), planner, plan_every=config.plan_every, record_plans=False)
 
 
-def _score_batch(sim: Any, chunk: list[Scenario], planner: Planner, config: EvalConfig) -> _Part:
+def _score_batch(sim: Any, chunk: list[Scenario], planner: Planner, config: EvalConfig,
+                 on_step: Callable[[int, int], None] | None = None) -> _Part:
     batch = collate(chunk).to(config.device)
     with torch.no_grad():
-        rollout = drive(sim, batch, planner, plan_every=config.plan_every, record_plans=config.worst > 0)
+        rollout = drive(sim, batch, planner, plan_every=config.plan_every, record_plans=config.worst > 0,
+                        on_step=on_step)
         scores = {m: v.detach().double().cpu().numpy()
                   for m, v in evaluate(rollout, reference=_pdms_reference(config)).items()}
-    why = reasons({m: torch.from_numpy(v) for m, v in scores.items()}) if config.worst > 0 else []
+    why = reasons({m: torch.from_numpy(v) for m, v in scores.items()})
     rows, worst = [], []
     for i, s in enumerate(chunk):
-        row = {"scenario_id": s.id, "planner": planner.name, "agents": config.agents}
+        row: dict[str, Any] = {"scenario_id": s.id, "planner": planner.name, "agents": config.agents}
         row.update({m: float(v[i]) for m, v in scores.items()})
+        row["reasons"] = why[i]
         rows.append(row)
         lost = [x for x in why[i].split("; ") if x] if config.worst > 0 else []
         if lost:  # scenarios that lost no points are never "worst"
@@ -286,17 +297,28 @@ def evaluate_planner(config: EvalConfig, planner: Planner, partial: Path | None 
     console = Console(stderr=True)
     with Progress(*columns, console=console, disable=not (config.progress and console.is_terminal), transient=True) as bar:
         task = bar.add_task(f"{planner.name} / {config.agents}", total=total)
+        log.info("%s / %s agents: %d scenarios in batches of %d", planner.name, config.agents, total, config.batch_size)
         for k, chunk in enumerate(_batches(config.store, config.batch_size)):
             bar.update(task, description=f"{planner.name} / {config.agents} batch {k + 1}")
             saved = None if partial is None else partial / f"batch-{k:05d}.pt"
             part = _load_part(saved, chunk) if saved is not None and saved.is_file() else None
+            start, done = time.perf_counter(), len(rows)
             if part is None:
-                part = _score_batch(sim, chunk, planner, config)
+                def moved(step: int, steps: int, done: int = done, n: int = len(chunk)) -> None:
+                    bar.update(task, completed=done + n * step // max(steps, 1))  # per scenario, not per batch
+
+                part = _score_batch(sim, chunk, planner, config, moved)
                 if saved is not None:
                     _save_part(saved, part)
+                how = f"simulated and scored in {time.perf_counter() - start:.1f} s"
+            else:
+                how = "loaded from an interrupted run"
             rows += part.rows
             worst = sorted([*worst, *part.worst], key=_rank_key)[: config.worst]
-            bar.advance(task, len(chunk))
+            bar.update(task, completed=len(rows))
+            cls = [r["cls"] for r in part.rows if math.isfinite(r["cls"])]
+            log.info("%s / %s batch %d: scenarios %d-%d of %d %s, mean CLS %.3f", planner.name, config.agents,
+                     k + 1, done + 1, len(rows), total, how, float(np.mean(cls)) if cls else math.nan)
     if not rows:
         raise AvError(f"{config.store}: the store holds no scenarios")
     rows.sort(key=lambda r: r["scenario_id"])
@@ -306,8 +328,9 @@ def evaluate_planner(config: EvalConfig, planner: Planner, partial: Path | None 
 def _to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     metrics: list[str] = []
     for r in rows:
-        metrics += [k for k in r if k not in KEYS and k not in metrics]
+        metrics += [k for k in r if k not in KEYS and k not in TEXT and k not in metrics]
     cols: dict[str, pa.Array] = {k: pa.array([r[k] for r in rows], pa.string()) for k in KEYS}
+    cols.update({k: pa.array([r.get(k, "") for r in rows], pa.string()) for k in TEXT})
     for m in metrics:
         cols[m] = pa.array([float(r.get(m, math.nan)) for r in rows], pa.float64())
     return pa.table(cols)
@@ -347,7 +370,7 @@ def _merge(old: ResultTable | None, new: ResultTable, planner: str, agents: str)
     # Metrics missing for some planner are NaN, not null.
     for i, name in enumerate(merged.column_names):
         if name not in KEYS:
-            merged = merged.set_column(i, name, merged.column(name).fill_null(math.nan))
+            merged = merged.set_column(i, name, merged.column(name).fill_null("" if name in TEXT else math.nan))
     return ResultTable(merged)
 
 
@@ -363,16 +386,19 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def mean_ci95(values: np.ndarray) -> tuple[float, list[float | None]]:
-    """Mean of the finite ``values`` and a 95 % percentile-bootstrap interval (fixed seed)."""
+def mean_ci95(values: np.ndarray, placeholder: float | None = None) -> tuple[float, list[float | None], int]:
+    """Mean of the defined ``values``, its 95 % percentile-bootstrap interval (fixed seed) and
+    the number ``n`` of values it is over. Undefined: not finite, or equal to ``placeholder``."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
+    if placeholder is not None:
+        v = v[v != placeholder]
     if v.size == 0:
-        return math.nan, [None, None]
+        return math.nan, [None, None], 0
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     means = v[rng.integers(0, v.size, size=(BOOTSTRAP_SAMPLES, v.size))].mean(1)
     lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(v.mean()), [float(lo), float(hi)]
+    return float(v.mean()), [float(lo), float(hi)], int(v.size)
 
 
 def summarize(table: ResultTable, previous: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -388,10 +414,11 @@ def summarize(table: ResultTable, previous: dict[str, Any] | None = None) -> dic
         part = table.select(planner, agents)
         row: dict[str, Any] = {"planner": planner, "agents": agents, "scenarios": len(part)}
         headline = [m for m in ("cls", "pdms") if m in part.metrics]
-        metrics = headline + [m for m in part.metrics if m not in headline]
-        stats = {m: mean_ci95(part.column(m)) for m in metrics}
-        row.update({m: _finite(mean) for m, (mean, _) in stats.items()})
-        row.update({f"{m}_ci95": ci for m, (_, ci) in stats.items()})
+        metrics = headline + [m for m in part.metrics if m not in headline and m not in UNAVERAGED]
+        stats = {m: mean_ci95(part.column(m), PLACEHOLDERS.get(m)) for m in metrics}
+        row.update({m: _finite(mean) for m, (mean, _, _) in stats.items()})
+        row.update({f"{m}_ci95": ci for m, (_, ci, _) in stats.items()})
+        row.update({f"{m}_n": n for m, (_, _, n) in stats.items()})
         old = carried.get((planner, agents), {})
         row.update({k: old[k] for k in ("store", "plan_every", "worst", "key", "inputs", *COST_KEYS) if k in old})
         rows.append(row)
@@ -521,6 +548,7 @@ def run_eval(config: EvalConfig) -> ResultTable:
     """
     config.validate()
     store_count(config.store)  # a missing or foreign store fails here, before any work
+    log.info("evaluating %s with %s agents on %s into %s", config.planner, config.agents, config.store, config.out)
     planner = make_planner(config.planner, **config.planner_settings)
     inputs = run_inputs(config)
     key = digest(inputs)
@@ -531,6 +559,7 @@ def run_eval(config: EvalConfig) -> ResultTable:
         done = old.select(planner.name, config.agents)
         meta = next((r for r in previous["rows"] if (r["planner"], r["agents"]) == (planner.name, config.agents)), {})
         if len(done) and meta.get("key") == key:
+            log.info("%s / %s: up to date in %s, kept", planner.name, config.agents, run_dir)
             return done
     partial = run_dir / PARTIAL / f"{_safe(planner.name)}--{_safe(config.agents)}--{key[:16]}"
     for stale in _partial_dirs(run_dir, planner.name, config.agents):
@@ -542,11 +571,15 @@ def run_eval(config: EvalConfig) -> ResultTable:
         if config.threads:
             torch.set_num_threads(config.threads)
         table, worst = evaluate_planner(config, planner, partial)
+        log.info("%s: measuring the batch-1 planning latency", planner.name)
         cost = planner_cost(planner, next(iter_store(config.store)))
     finally:
         torch.set_num_threads(threads)
     merged = _merge(old, table, planner.name, config.agents)
     summary = summarize(merged, previous)
+    if config.worst > 0:
+        log.info("%s / %s: drawing the %d worst scenarios into %s", planner.name, config.agents, len(worst),
+                 run_dir / MEDIA)
     rendered = _render_worst(run_dir, planner.name, config.agents, worst) if config.worst > 0 else []
     for row in summary["rows"]:
         if (row["planner"], row["agents"]) == (planner.name, config.agents):
@@ -556,8 +589,10 @@ def run_eval(config: EvalConfig) -> ResultTable:
     shutil.rmtree(partial)
     if not any((run_dir / PARTIAL).iterdir()):
         (run_dir / PARTIAL).rmdir()
+    log.info("%s / %s: %d scenarios, wrote %s and %s", planner.name, config.agents, len(table),
+             run_dir / RESULTS, run_dir / SUMMARY)
     if config.report:
         from closedloop.report import write_report
 
-        write_report(run_dir)
+        log.info("report: %s", write_report(run_dir))
     return table

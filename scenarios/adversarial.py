@@ -20,6 +20,7 @@ least ``solved_threshold`` -- an unavoidable crash says nothing about the planne
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
@@ -41,6 +42,7 @@ from scenarios.variants import (
     try_variant,
 )
 
+log = logging.getLogger(__name__)
 ScoreFn = Callable[[Sequence[Scenario], str], np.ndarray]
 
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -80,6 +82,11 @@ class SearchReport:
     scored with the reference planner; ``found``: evaluated variants scoring at least ``min_drop``
     below their parent; ``solvable``: those the reference planner solves; ``kept``: the returned
     variants (the lowest-scoring solvable ones, ``keep_per_parent`` per parent).
+    ``kept_parent_score``, ``kept_score`` and ``mean_drop`` are means over the kept variants (of
+    each one's parent score, its own score and their difference, so ``mean_drop`` =
+    ``kept_parent_score - kept_score``); ``variants`` lists every kept variant with ``variant``
+    and ``parent`` ids, ``family``, ``parent_score``, ``variant_score``, ``drop`` and
+    ``reference_score`` (the reference planner's score on the variant).
     """
 
     planner: str
@@ -91,17 +98,25 @@ class SearchReport:
     found: int
     solvable: int
     kept: int
-    parent_score: float
+    kept_parent_score: float
     kept_score: float
     mean_drop: float
     mean_drop_solvable: float
     kept_by_family: dict[str, int]
     rejected: dict[str, int]
     seconds: float
+    variants: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: floats rounded to 4 decimals, NaN (no variant to average) as ``None``."""
-        return {k: (None if v != v else round(v, 4)) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+        def clean(v: Any) -> Any:
+            if isinstance(v, float):
+                return None if v != v else round(v, 4)
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+        return {k: clean(v) for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -253,6 +268,8 @@ def adversarial_search(
         raise AvError(f"unknown search family {sorted(unknown)[0]!r}; choose from {', '.join(FAMILIES)}")
     t0 = time.perf_counter()
     names = list(config.families)
+    log.info("adversarial search: %d parents, budget %d, %s vs reference %s", len(parents), budget, planner,
+             reference_planner)
     base = _scores(score_fn, parents, planner)
     known = [plausibility.issue_keys(p) for p in parents]
     states = [_ParentState({n: _family(n) for n in names}, np.full(len(names), 1.0 / len(names))) for _ in parents]
@@ -276,6 +293,11 @@ def adversarial_search(
             n_elite = max(2, math.ceil(config.elite_frac * counts[p]))
             _refit(state, mine[:n_elite], names, config)
         evaluated += cands
+        found = [c for c in cands if c.score <= base[c.parent] - config.min_drop]
+        log.info("adversarial iteration %d/%d: %d variants scored, %d at least %.2f below their parent, "
+                 "%d of them solved by %s (%.1f s so far)", it + 1, iterations, len(cands), len(found),
+                 config.min_drop, sum(c.reference >= config.solved_threshold for c in found), reference_planner,
+                 time.perf_counter() - t0)
     seconds = time.perf_counter() - t0
     return _summarise(parents, len(open_), base, evaluated, stats, planner, reference_planner, config, seconds)
 
@@ -320,13 +342,16 @@ def _summarise(
         found=len(found),
         solvable=len(solvable),
         kept=len(kept),
-        parent_score=mean([float(b) for b in base]),
+        kept_parent_score=mean([float(base[c.parent]) for c in kept]),
         kept_score=mean([c.score for c in kept]),
         mean_drop=mean([float(base[c.parent]) - c.score for c in kept]),
         mean_drop_solvable=mean([float(base[c.parent]) - c.score for c in solvable]),
         kept_by_family=dict(sorted(Counter(c.family for c in kept).items())),
         rejected=dict(sorted(stats.rejected.items(), key=lambda kv: (-kv[1], kv[0]))),
         seconds=round(seconds, 2),
+        variants=[{"variant": c.variant.id, "parent": parents[c.parent].id, "family": c.family,
+                   "parent_score": float(base[c.parent]), "variant_score": c.score,
+                   "drop": float(base[c.parent]) - c.score, "reference_score": c.reference} for c in kept],
     )
     return [c.variant for c in kept], report
 

@@ -64,6 +64,14 @@ def test_search_finds_solvable_variants_that_score_below_their_parent(parents: l
         assert judge([v], REFERENCE)[0] >= cfg.solved_threshold  # ... that the reference solves
         assert check(v, parent) == [] and regenerate(v.provenance, parent) == v
     assert report.mean_drop >= 0.2
+    # per kept variant: its parent's score, its own, the drop and the reference planner's score
+    assert [r["variant"] for r in report.variants] == [v.id for v in variants]
+    for r, v in zip(report.variants, variants):
+        assert r["parent"] == v.provenance.parent_id and r["parent_score"] == base[r["parent"]]
+        assert r["variant_score"] == judge([v], PLANNER)[0] and r["reference_score"] == judge([v], REFERENCE)[0]
+        assert r["drop"] == r["parent_score"] - r["variant_score"] >= cfg.min_drop
+    assert report.mean_drop == pytest.approx(report.kept_parent_score - report.kept_score)
+    assert report.as_dict()["variants"][0]["drop"] == round(report.variants[0]["drop"], 4)
     # one batched call per iteration for the planner, plus the parents, plus reference checks
     planner_calls = [n for p, n in scorer.calls if p == PLANNER]
     assert planner_calls[0] == 2 and sum(planner_calls[1:]) == 48 and len(planner_calls) == 1 + cfg.iterations
@@ -133,7 +141,10 @@ def test_cli_adversarial_runs_the_closed_loop_search(make_scenario, tmp_path, ca
                "--reference-planner", "log_replay", "--budget", "3", "--iterations", "1",
                "--out", str(tmp_path / "out")])
     assert rc == 0
-    report = json.loads(capsys.readouterr().out)
+    cap = capsys.readouterr()
+    report = json.loads(cap.out)
+    # without a terminal: a line per scored batch and per search iteration on stderr
+    assert "constant_velocity: scenarios 1-1 of 1 scored in" in cap.err and "adversarial iteration 1/1:" in cap.err
     assert report["parents"] == 1 and report["evaluated"] <= 3 and report["planner"] == "constant_velocity"
     assert report["kept"] == len([s for s in read_store(tmp_path / "out") if s.provenance is not None])
     rc = main(["scenarios", "adversarial", "--store", str(tmp_path / "in"), "--planner", "nope",

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -36,7 +37,8 @@ def test_cli_eval_writes_results_summary_and_report(
     table = pq.read_table(run / "results.parquet")
     assert table.schema.metadata[b"schema_version"] == b"1"
     assert table.column_names[:3] == ["scenario_id", "planner", "agents"]
-    assert {"cls", "pdms", "ade", "fde"} <= set(table.column_names)
+    assert {"cls", "pdms", "ade", "fde", "reasons"} <= set(table.column_names)
+    assert table.schema.field("reasons").type == pa.string()
     assert table.num_rows == 6  # 3 scenarios x 2 planners
     summary = json.loads((run / "summary.json").read_text())
     assert summary["schema_version"] == 1
@@ -51,7 +53,8 @@ def test_cli_eval_writes_results_summary_and_report(
     page = (run / "report.html").read_text()
     assert "log_replay" in page and "figures/cls.png" in page and (run / "figures" / "cls.png").is_file()
     assert row["worst"][0]["gif"] in page
-    assert "log_replay" in capsys.readouterr().out  # the results table is printed
+    out = capsys.readouterr().out
+    assert "log_replay" in out and "PDMS (first 4 s)" in out  # the results table is printed
 
 
 def test_another_run_appends_and_a_rerun_replaces_its_rows(tiny_store: Path, tmp_path: Path) -> None:
@@ -108,12 +111,45 @@ def test_cli_errors_are_one_line_with_exit_code_2(
 
 def test_bootstrap_interval_is_seeded_and_brackets_the_mean() -> None:
     values = [0.0, 0.5, 1.0, 1.0, float("nan")]
-    mean, ci = mean_ci95(values)
-    assert mean == pytest.approx(0.625) and ci == mean_ci95(values)[1]
+    mean, ci, n = mean_ci95(values)
+    assert mean == pytest.approx(0.625) and ci == mean_ci95(values)[1] and n == 4
     assert ci[0] < mean < ci[1]
     assert mean_ci95([0.7])[1] == [0.7, 0.7]
-    m, ci = mean_ci95([math.nan])
-    assert math.isnan(m) and ci == [None, None]
+    m, ci, n = mean_ci95([math.nan])
+    assert math.isnan(m) and ci == [None, None] and n == 0
+
+
+def test_summary_leaves_placeholders_out_and_says_over_how_many_drives() -> None:
+    import pyarrow as pa
+
+    from closedloop.runner import ResultTable, summarize
+
+    table = ResultTable(pa.table({
+        "scenario_id": ["a", "b", "c"], "planner": ["p"] * 3, "agents": ["log"] * 3,
+        "cls": [1.0, 0.0, 0.5], "first_at_fault_step": [-1.0, 40.0, -1.0],
+        "first_at_fault_group": [-1.0, 1.0, -1.0], "first_at_fault_time": [math.nan, 4.0, math.nan],
+        "comfort_lon_accel_value": [math.nan, 2.6, math.nan], "reasons": ["", "collision: ...", ""],
+    }))
+    (row,) = summarize(table)["rows"]
+    assert row["scenarios"] == 3 and row["cls_n"] == 3 and row["cls"] == pytest.approx(0.5)
+    for key, value in (("first_at_fault_step", 40.0), ("first_at_fault_group", 1.0), ("first_at_fault_time", 4.0)):
+        assert row[key] == value and row[f"{key}_n"] == 1 and row[f"{key}_ci95"] == [value, value]
+    assert "comfort_lon_accel_value" not in row and "reasons" not in row  # per-scenario details
+
+
+def test_report_says_pdms_covers_the_first_4_s_and_shows_n(tmp_path: Path) -> None:
+    from closedloop.report import write_report
+
+    row = {"planner": "p", "agents": "log", "scenarios": 3, "cls": 0.5, "cls_ci95": [0.2, 0.8], "cls_n": 3,
+           "pdms": 1.0, "pdms_ci95": [1.0, 1.0], "pdms_n": 3, "first_at_fault_time": 4.0,
+           "first_at_fault_time_ci95": [4.0, 4.0], "first_at_fault_time_n": 1,
+           "worst": [{"scenario_id": "b", "cls": 0.0, "pdms": 1.0, "gif": None,
+                      "reasons": ["collision: at fault with a vehicle at t = 8.8 s"]}]}
+    (tmp_path / "summary.json").write_text(json.dumps({"schema_version": 1, "rows": [row]}))
+    page = write_report(tmp_path).read_text()
+    assert "<th>pdms (first 4 s)</th>" in page and "PDMS 1.000 (first 4 s only)" in page
+    assert "n = 1" in page and "n = 3" not in page  # n is shown where a mean is not over every drive
+    assert "collision: at fault with a vehicle at t = 8.8 s" in page
 
 
 def test_real_drives_key_result(real_store: Path, tmp_path: Path) -> None:
@@ -127,3 +163,53 @@ def test_real_drives_key_result(real_store: Path, tmp_path: Path) -> None:
     assert cls["log_replay"] >= 0.90, cls
     assert cls["constant_velocity"] <= cls["log_replay"] - 0.3, cls
     assert cls["pdm_closed"] >= cls["idm"], cls
+
+
+def test_without_a_terminal_eval_logs_a_line_per_batch_and_q_silences_it(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["closedloop", "eval", "--store", str(tiny_store), "--planner", "constant_velocity", "--worst", "0",
+            "--batch-size", "2", "--threads", "1", "--no-report"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "constant_velocity / log batch 1: scenarios 1-2 of 3 simulated and scored in" in err
+    assert "constant_velocity / log batch 2: scenarios 3-3 of 3" in err
+    assert main(["-q", *argv, "--out", str(tmp_path / "b")]) == 0
+    assert "batch" not in capsys.readouterr().err
+
+
+def test_the_driver_reports_every_step(tiny_store: Path) -> None:
+    from av.batch import collate
+    from closedloop.driver import rollout
+    from closedloop.planner import make_planner
+    from closedloop.sim import make_simulator
+    from scenarios.store import read_store
+
+    seen: list[tuple[int, int]] = []
+    batch = collate(read_store(tiny_store)[:2])
+    rollout(make_simulator("builtin", agents="log"), batch, make_planner("constant_velocity"),
+            record_plans=False, on_step=lambda k, n: seen.append((k, n)))
+    n = seen[0][1]
+    assert n == 40 - 1 - 10 and seen == [(k, n) for k in range(1, n + 1)]  # 40 steps, history 10
+
+
+def test_log_lines_go_to_the_current_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+    import logging
+    import sys
+
+    from av.cli.main import configure_logging
+
+    configure_logging(verbose=1)
+    other = io.StringIO()
+    real, sys.stderr = sys.stderr, other
+    try:
+        logging.getLogger("closedloop.probe").info("one line")
+    finally:
+        sys.stderr = real
+    logging.getLogger("closedloop.probe").info("another")
+    assert other.getvalue().endswith("closedloop.probe: one line\n")
+    assert "closedloop.probe: another" in capsys.readouterr().err
+    configure_logging(quiet=True)
+    logging.getLogger("closedloop.probe").info("hidden")
+    assert "hidden" not in capsys.readouterr().err

@@ -233,7 +233,7 @@ def test_head_on_with_parked_car_zeroes_everything() -> None:  # case 2
     assert out["first_at_fault_group"] == agg.VEHICLE
     # front bumper 8 t + 3.334 reaches 20 - 2.25 between t = 1.8 and 1.9 s
     assert out["first_at_fault_time"] == pytest.approx(1.9) and out["first_at_fault_step"] == 19
-    assert "at-fault collision with a vehicle at t=1.9 s" in reasons({k: torch.tensor([v]) for k, v in out.items()})[0]
+    assert "collision: at fault with a vehicle at t = 1.9 s" in reasons({k: torch.tensor([v]) for k, v in out.items()})[0]
 
 
 def test_one_cone_halves_two_cones_zero_nuplan_but_half_pdms() -> None:  # case 3

@@ -431,3 +431,22 @@ def test_cli_writes_a_dataroot(tmp_path: Path) -> None:
     assert main(["data", "synth", "--out", str(tmp_path / "d"), "--drives", "1", "--seed", "2"]) == 0  # 20 s
     assert (tmp_path / "d" / VERSION / "sample_data.json").is_file()
     assert main(["data", "synth", "--out", str(tmp_path / "d"), "--drives", "0"]) == 2
+
+
+def test_the_kept_map_covers_where_a_constant_velocity_ego_can_reach(dataroot: Path, maps: dict[str, Any]) -> None:
+    """Along a constant-velocity rollout from the current step (15 s), every point that is on the
+    town's drivable area is also inside the scenario's kept drivable rings (before the crop covered
+    the reach, the rings of synth-0-002 ended 18 m before the rollout did)."""
+    from av.data.nuscenes import ImportConfig, load_nuscenes
+    from av.viz import drivable_paths
+
+    for s in load_nuscenes(dataroot, ImportConfig(version=VERSION)):
+        town = _drivable(maps[s.source.location])
+        k = s.history_steps
+        x, y, yaw, vx, vy = s.ego[k]
+        t = np.arange(0.0, 15.0 + 1e-9, 0.5)
+        pts = np.stack([x + math.hypot(vx, vy) * math.cos(yaw) * t, y + math.hypot(vx, vy) * math.sin(yaw) * t], 1)
+        on_town = shapely.contains_xy(town, pts[:, 0] + s.source.origin[0], pts[:, 1] + s.source.origin[1])
+        rings, _ = drivable_paths(s.map)
+        kept = rings.contains_points(pts)
+        assert on_town.any() and not (on_town & ~kept).any(), s.id

@@ -197,3 +197,35 @@ def test_real_drive_picture(tmp_path: Path, real_scenarios: list[Scenario]) -> N
         area = img.width * img.height
         assert _pixels_near(img, EGO_COLOR) > 50
         assert _pixels_near(img, DRIVABLE_COLOR, tol=6) > 0.1 * area  # the road around the ego is drawn
+
+
+def test_constant_velocity_off_the_road_scores_dac_0_and_is_drawn_off_the_grey(tmp_path: Path) -> None:
+    """The road ends at x = 60 m; a constant-velocity ego at 10 m/s drives on past it. The
+    drivable-area metric and the picture use the same surface (:func:`av.viz.drivable_paths`)."""
+    from av.batch import collate
+    from av.viz import drivable_paths, render_rollout
+    from closedloop.driver import rollout as drive
+    from closedloop.evaluator import evaluate, reasons
+    from closedloop.planner import make_planner
+    from closedloop.sim import make_simulator
+
+    s = build_scenario(num_steps=90, history_steps=10, num_agents=0, ego_speed=10.0, road_length=60.0)
+    sim = make_simulator("builtin", agents="log")
+    r = drive(sim, collate([s]), make_planner("constant_velocity"), record_plans=False)
+    out = evaluate(r)
+    assert float(out["drivable_area"][0]) == 0.0 and float(out["cls"][0]) == 0.0
+    t_off = float(out["drivable_area_time"][0])
+    assert 5.0 < t_off < 6.5 and f"off the drivable area at t = {t_off:.1f} s" in reasons(out)[0]
+
+    rings, polygons = drivable_paths(s.map)
+    def on_grey(xy: np.ndarray) -> bool:
+        return bool(rings.contains_point(xy) or any(p.contains_point(xy) for p in polygons))
+
+    ego = r.ego[0].numpy()
+    k_off = int(round(t_off / s.dt))
+    assert on_grey(ego[s.history_steps, :2]) and on_grey(ego[k_off - 15, :2])
+    assert not on_grey(ego[k_off + 10, :2])  # drawn off the grey surface, as scored
+    out_png = render_rollout(s, tmp_path / "off.png", ego, r.agents[0].numpy(), r.agent_valid[0].numpy(),
+                             highlight=reasons(out)[0])
+    img = Image.open(out_png)
+    assert img.format == "PNG" and _pixels_near(img, EGO_COLOR) > 0

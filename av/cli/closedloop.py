@@ -84,7 +84,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     summary = read_summary(Path(args.out)) or {"rows": []}
     table = Table(title=f"closed-loop evaluation: {args.out}")
-    for col in ("planner", "agents", "scenarios", "CLS", "CLS 95% CI", "PDMS", "PDMS 95% CI"):
+    from closedloop.evaluator import PDMS_HORIZON_S
+
+    pdms = f"PDMS (first {PDMS_HORIZON_S:g} s)"
+    for col in ("planner", "agents", "scenarios", "CLS", "CLS 95% CI", pdms, f"{pdms} 95% CI"):
         table.add_column(col)
 
     def num(v: float | None) -> str:

@@ -26,7 +26,9 @@ planner's setting re-evaluates that planner and nothing else; changing ``--drive
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -109,8 +111,10 @@ def stage(out: Path, name: str, outputs: list[Path], inputs: dict[str, Any], for
             elif p.exists():
                 p.unlink()
     new.write(path)
+    start = time.perf_counter()
     fn()
     Manifest.of(inputs, complete=True).write(path)
+    logging.getLogger(__name__).info("stage %s: done in %.1f s", name, time.perf_counter() - start)
     return True
 
 

@@ -233,6 +233,9 @@ def _adversarial(args: argparse.Namespace) -> int:
 def closedloop_scorer(agents: str, batch_size: int, device: str) -> "ScoreFn":
     """``score_fn(scenarios, planner_name) -> CLS [len(scenarios)]``: the builtin simulator
     (``agents`` background agents) and the evaluator, ``batch_size`` scenarios at a time."""
+    import logging
+    import time
+
     import torch
 
     from av.batch import collate
@@ -243,15 +246,19 @@ def closedloop_scorer(agents: str, batch_size: int, device: str) -> "ScoreFn":
 
     sim = make_simulator("builtin", agents=agents)
     planners: dict[str, Planner] = {}
+    log = logging.getLogger(__name__)
 
     def score(scenarios: Sequence[Scenario], planner: str) -> np.ndarray:
         if planner not in planners:
             planners[planner] = make_planner(planner)
         out = []
         for i in range(0, len(scenarios), batch_size):
+            start = time.perf_counter()
             batch = collate(scenarios[i : i + batch_size]).to(device)
             with torch.no_grad():
                 out.append(evaluate(rollout(sim, batch, planners[planner], record_plans=False))["cls"].double().cpu().numpy())
+            log.info("%s: scenarios %d-%d of %d scored in %.1f s (mean CLS %.3f)", planner, i + 1,
+                     i + batch.batch_size, len(scenarios), time.perf_counter() - start, float(out[-1].mean()))
         return np.concatenate(out) if out else np.zeros(0)
 
     return score

@@ -18,7 +18,9 @@ It reads a drive the way nuScenes users do:
   ``crop_margin_m``: lanes and lane connectors whose polygon intersects it (what the devkit's
   ``get_records_in_patch`` returns, found through a spatial index; centrelines from its
   ``discretize_lanes``, resampled to at most ``MAX_POINT_SPACING_M``), their polygons and
-  ``outgoing`` connectivity, and the drivable area clipped to the box (even-odd rings).
+  ``outgoing`` connectivity, and the drivable area (even-odd rings) clipped to a box grown by
+  :func:`crop_reach` instead (the distance the ego covers over the horizon at its fastest logged
+  speed, if more than ``crop_margin_m``), so that it covers where the ego can reach.
   nuScenes has no speed limits (NaN) unless a lane record carries ``speed_limit_mps``.
 * **Route**: the lanes the logged ego drove: at each step the lane polygons that hold its rear
   axle (or, failing that, the nearest centrelines with a similar heading), chained into one lane
@@ -702,16 +704,19 @@ class _LocationMap:
         return [r for r in rings if len(r) >= 3]
 
     def crop(
-        self, ego_xy: np.ndarray, ego_yaw: np.ndarray, origin: np.ndarray, margin: float
+        self, ego_xy: np.ndarray, ego_yaw: np.ndarray, origin: np.ndarray, margin: float, reach: float
     ) -> tuple[MapData, np.ndarray]:
         """The map around a drive and its route.
 
         ``ego_xy`` ``[T, 2]`` rear-axle positions in the map frame, ``ego_yaw`` ``[T]``;
         ``origin`` ``[2]`` is subtracted from every output coordinate. Keeps the lanes and
-        connectors intersecting the bounding box of ``ego_xy`` grown by ``margin`` metres.
+        connectors intersecting the bounding box of ``ego_xy`` grown by ``margin`` metres, and the
+        drivable area inside that box grown by ``max(margin, reach)`` metres.
         """
         lo, hi = ego_xy.min(axis=0) - margin, ego_xy.max(axis=0) + margin
         patch = shapely.box(lo[0], lo[1], hi[0], hi[1])
+        far = max(reach, margin)
+        area_patch = shapely.box(*(ego_xy.min(axis=0) - far), *(ego_xy.max(axis=0) + far))
         cand = np.sort(self.tree.query(patch, predicate="intersects"))
         lines = self.centrelines(cand)
         kept = [(int(m), c) for m, c in zip(cand, lines) if len(c) >= 2]
@@ -721,7 +726,7 @@ class _LocationMap:
         local[keep] = np.arange(len(keep))
         successors = [[int(local[j]) for j in self.outgoing[m] if local[j] >= 0] for m in keep]
         polygons = [np.asarray(self.polygons[m].exterior.coords)[:-1, :2] - origin for m in keep]
-        rings = [r - origin for r in self.drivable_rings(patch)]
+        rings = [r - origin for r in self.drivable_rings(area_patch)]
         points = np.concatenate(lines) if lines else np.zeros((0, 3))
         points = np.column_stack([points[:, :2] - origin, points[:, 2]])
 
@@ -750,6 +755,19 @@ class _LocationMap:
         ), route
 
 
+def crop_reach(ego: np.ndarray, config: ImportConfig) -> float:
+    """Metres of drivable area kept around the bounding box of a scenario's ego track ``ego``
+    ``[T, 5]``: ``crop_margin_m``, or the reach ``v_max * future_s`` if larger (``v_max`` the fastest
+    logged speed), so that a planner that never drives faster than the logged ego (a
+    constant-velocity rollout, say) stays on the kept drivable area for the whole horizon. Beyond
+    it the drivable area is cut off, and a car there would be scored (and drawn) as off the road.
+    Lanes are kept within ``crop_margin_m`` (planners and variants use them; their polygons count
+    as drivable too)."""
+    speed = np.hypot(ego[:, 3], ego[:, 4])
+    v_max = float(np.nanmax(speed)) if speed.size and np.isfinite(speed).any() else 0.0
+    return max(float(config.crop_margin_m), v_max * float(config.future_s))
+
+
 def _scenario(
     sid: str, drive: _Drive, lmap: _LocationMap, start: int, stop: int, config: ImportConfig
 ) -> Scenario:
@@ -757,7 +775,7 @@ def _scenario(
     sl = slice(start, stop)
     ego = drive.ego[sl]
     origin = np.array(drive.origin)
-    map_data, route = lmap.crop(ego[:, :2] + origin, ego[:, 2], origin, config.crop_margin_m)
+    map_data, route = lmap.crop(ego[:, :2] + origin, ego[:, 2], origin, config.crop_margin_m, crop_reach(ego, config))
     keep = drive.agent_valid[:, sl].any(axis=1)
     return Scenario(
         id=sid,

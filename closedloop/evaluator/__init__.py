@@ -19,7 +19,12 @@
   ``drivable_area_time``, ``ttc_time`` (s, NaN if none), ``ddc_max_backward_m``, ``progress_ego_m``,
   ``progress_expert_m``, ``comfort_failed`` (bit i = :data:`comfort.QUANTITIES` [i]),
   ``pdms_progress_m``, ``pdms_reference_m``; ``collision_dv_max`` / ``at_fault_collision_dv_max``:
-  the largest ego delta-v (m/s) over all / the at-fault collisions (nuPlan reports it; NaN if none).
+  the largest ego delta-v (m/s) over all / the at-fault collisions (nuPlan reports it; NaN if none);
+  ``ddc_time`` (s, end of the most backward 1.1 s window,
+  NaN if DDC = 1), ``speed_limit_time`` (s, first over-speed, NaN if none), ``speed_limit_over_mps``
+  (largest over-speed, m/s) and, per comfort check ``q``, ``comfort_<q>_time`` / ``comfort_<q>_value``
+  (:data:`COMFORT_DETAIL_NAMES`: the first sample outside the bound and its filtered value, NaN if none).
+  :data:`PLACEHOLDERS` names the fields whose -1 means "none"; summaries leave those out.
 
 :func:`reasons` turns such a dict into one sentence per scenario. Scenarios are processed in chunks
 of ``chunk`` (memory), each fully vectorised; results do not depend on the chunking. The evaluator
@@ -40,8 +45,11 @@ from av.errors import AvError
 from closedloop.evaluator import aggregate as agg
 from closedloop.evaluator import navsim, nuplan
 from closedloop.evaluator.aggregate import reasons
+from closedloop.evaluator.comfort import QUANTITIES
 from closedloop.rollout import Rollout
 
+PDMS_HORIZON_S = 4.0
+"""NAVSIM scores the first 4 s of the simulated part (every ``pdms*`` value covers only them)."""
 NUPLAN_NAMES = (
     "no_collision", "drivable_area", "driving_direction", "making_progress", "progress", "ttc",
     "speed_limit", "comfort", "cls",
@@ -53,8 +61,15 @@ REPORT_NAMES = (
     "first_at_fault_group",
     "drivable_area_time", "ttc_time", "ddc_max_backward_m", "progress_ego_m", "progress_expert_m",
     "comfort_failed", "pdms_progress_m", "pdms_reference_m", "collision_dv_max", "at_fault_collision_dv_max",
+    "ddc_time", "speed_limit_time", "speed_limit_over_mps",
 )
-METRIC_NAMES = NUPLAN_NAMES + PDMS_NAMES + EPDMS_NAMES + REPORT_NAMES
+#: Per comfort check: the time (s) and filtered value of its first sample outside the bound (NaN if none).
+COMFORT_DETAIL_NAMES = tuple(f"comfort_{q}_{k}" for q in QUANTITIES for k in ("time", "value"))
+METRIC_NAMES = NUPLAN_NAMES + PDMS_NAMES + EPDMS_NAMES + REPORT_NAMES + COMFORT_DETAIL_NAMES
+#: Placeholder values that mean "undefined" (no such event), left out of means and counts.
+PLACEHOLDERS = {"first_at_fault_step": -1.0, "first_at_fault_group": -1.0}
+#: Per-scenario details that a summary does not average.
+UNAVERAGED = COMFORT_DETAIL_NAMES + ("comfort_failed",)
 
 Reference = Callable[[ScenarioBatch], Rollout]
 """NAVSIM's progress normaliser, injected: drives the PDM-Closed planner (log-replayed agents) through
@@ -160,13 +175,18 @@ def _evaluate_chunk(rollout: Rollout, horizon_s: float, reference: Tensor | None
     nc = agg.nc_nuplan(contacts)
     far = nuplan.drivable_area(scene, ms)
     dac = (~agg.any_flag(far)).double()
-    ddc, backward = agg.ddc_score(nuplan.driving_direction(scene, ms))
+    direction = nuplan.driving_direction(scene, ms)
+    ddc, backward = agg.ddc_score(direction)
     prog = nuplan.progress(scene, ms)
     ep, mp = agg.ep_mp(prog)
     ttc_fail = nuplan.time_to_collision(scene, ms, contacts)
     ttc = (~agg.any_flag(ttc_fail)).double()
-    sl = agg.sl_score(nuplan.speed_limit(scene, ms), dt)
-    c, comfort_bits = agg.comfort_score(nuplan.comfort(scene))
+    overspeed = nuplan.speed_limit(scene, ms)
+    sl = agg.sl_score(overspeed, dt)
+    comfort_values = nuplan.comfort_values(scene)
+    within = nuplan.comfort(scene, comfort_values)
+    c, comfort_bits = agg.comfort_score(within)
+    comfort_step, comfort_value = agg.comfort_failures(comfort_values, within)
     first_step, first_group = agg.first_at_fault(contacts)
     delta_v = nuplan.collision_delta_v(scene, contacts)
 
@@ -240,12 +260,17 @@ def _evaluate_chunk(rollout: Rollout, horizon_s: float, reference: Tensor | None
         "pdms_reference_m": ref_v1,
         "collision_dv_max": agg.max_collision_delta_v(delta_v, contacts, at_fault=False),
         "at_fault_collision_dv_max": agg.max_collision_delta_v(delta_v, contacts, at_fault=True),
+        "ddc_time": agg.summarise_times(agg.worst_window_step(direction), start, dt),
+        "speed_limit_time": agg.summarise_times(agg.first_flag_step(overspeed), start, dt),
+        "speed_limit_over_mps": agg.max_value(overspeed),
+        **{f"comfort_{q}_time": agg.summarise_times(comfort_step[:, j], start, dt) for j, q in enumerate(QUANTITIES)},
+        **{f"comfort_{q}_value": comfort_value[:, j] for j, q in enumerate(QUANTITIES)},
     }
 
 
 def evaluate(
     rollout: Rollout,
-    horizon_s_pdms: float = 4.0,
+    horizon_s_pdms: float = PDMS_HORIZON_S,
     reference_progress: Tensor | None = None,
     reference: Reference | None = None,
     chunk: int = 256,
@@ -282,4 +307,5 @@ def evaluate(
     return {k: torch.cat([p[k] for p in parts]) for k in METRIC_NAMES}
 
 
-__all__ = ["METRIC_NAMES", "Reference", "evaluate", "reasons"]
+__all__ = ["COMFORT_DETAIL_NAMES", "METRIC_NAMES", "PDMS_HORIZON_S", "PLACEHOLDERS", "Reference", "UNAVERAGED",
+           "evaluate", "reasons"]

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from av.types import AgentType
-from closedloop.evaluator.comfort import LABELS, QUANTITIES
+from av.checks import COMFORT_BOUNDS
+from closedloop.evaluator.comfort import LABELS, QUANTITIES, UNITS
 
 # Collision groups of nuPlan's NC (METRICS.md 1.3) and their allowances.
 VRU, VEHICLE, OBJECT = 0, 1, 2
@@ -227,11 +228,55 @@ def summarise_times(step: Tensor, start_step: Tensor, dt: float) -> Tensor:
     return _time(step, start_step.double() * dt, dt)
 
 
+def worst_window_step(window_progress: MetricValues) -> Tensor:
+    """Step ``[B]`` ending the 1.1 s window with the most backward progress (DDC's ``m``), -1 if DDC = 1."""
+    w = torch.where(window_progress.valid, window_progress.values.double(), torch.full((), math.inf, dtype=torch.float64))
+    step = w.argmin(1)  # W >= 1 (see nuplan.build_scene)
+    return torch.where(-w.amin(1) >= DDC_COMPLIANT_M, step, -1)
+
+
+def max_value(m: MetricValues) -> Tensor:
+    """Largest valid value ``[B]`` over the last axis (0 where none is valid), float64."""
+    return torch.where(m.valid, m.values.double(), torch.zeros((), dtype=torch.float64)).amax(-1)
+
+
+def comfort_failures(values: MetricValues, within: MetricValues) -> tuple[Tensor, Tensor]:
+    """Per comfort check, the first sample outside its bound: window step ``[B, 6]`` (-1 if none) and
+    the filtered value there ``[B, 6]`` (NaN if none). ``values`` ``[B, 6, W]`` filtered series,
+    ``within`` their bool bound checks (both as :func:`closedloop.evaluator.nuplan.comfort_values`)."""
+    hit = ~within.values.bool() & within.valid  # W >= 1 (see nuplan.build_scene)
+    step = hit.to(torch.uint8).argmax(-1)
+    has = hit.any(-1)
+    v = torch.gather(values.values.double(), -1, step[..., None])[..., 0]
+    return torch.where(has, step, -1), torch.where(has, v, torch.full_like(v, math.nan))
+
+
 _NOTICEABLE = 5e-3  # continuous sub-scores (progress, speed limit) closer to 1 are not reported
 
 
+def _at(t: float) -> str:
+    return f"at t = {t:.1f} s" if math.isfinite(t) else "(time unknown)"
+
+
+def _comfort_reason(v: Mapping[str, float]) -> str:
+    parts = []
+    for q in QUANTITIES:
+        x, t = v.get(f"comfort_{q}_value", math.nan), v.get(f"comfort_{q}_time", math.nan)
+        if not math.isfinite(x):
+            continue
+        lo, hi = COMFORT_BOUNDS[q]
+        bound = f"> {hi:.2f}" if x >= hi else f"< {lo:.2f}"
+        parts.append(f"{LABELS[q]} {x:.2f} {UNITS[q]} {bound} {_at(t)}")
+    if not parts:  # scores written before the per-check details existed
+        bits = int(v.get("comfort_failed", 0))
+        parts = [LABELS[q] for j, q in enumerate(QUANTITIES) if bits >> j & 1]
+    return "comfort: " + ", ".join(parts)
+
+
 def reasons(scores: Mapping[str, Any]) -> list[str]:
-    """Why each scenario lost points, in words, reasons joined by "; " ("" when it lost none).
+    """Why each scenario lost points, in words, one reason per sub-score below 1 joined by "; "
+    ("" when it lost none); each gives the first time (s since the scenario start) and the value
+    that broke the sub-score, e.g. "comfort: longitudinal acceleration 2.61 m/s² > 2.40 at t = 4.1 s".
 
     ``scores``: the dict returned by :func:`closedloop.evaluator.evaluate` (tensors or numpy arrays
     ``[B]``); one string per scenario. Continuous sub-scores within 0.5 % of 1 are not reported.
@@ -243,25 +288,26 @@ def reasons(scores: Mapping[str, Any]) -> list[str]:
         v = {k: float(t[i]) for k, t in scores.items()}
         if v["no_collision"] < 1:
             g = int(v["first_at_fault_group"])
-            what = GROUP_NAMES[g] if g >= 0 else "object"
-            what = {"VRU": "a pedestrian/cyclist", "vehicle": "a vehicle", "object": "a static object"}[what]
-            r.append(f"at-fault collision with {what} at t={v['first_at_fault_time']:.1f} s"
-                     f" ({int(v['at_fault_collisions'])} in total)")
+            what = {0: "a pedestrian/cyclist", 1: "a vehicle", 2: "a static object"}.get(g, "an object")
+            r.append(f"collision: at fault with {what} {_at(v['first_at_fault_time'])}"
+                     f" ({int(v['at_fault_collisions'])} at-fault in total, no-collision score {v['no_collision']:.2f})")
         if v["drivable_area"] < 1:
-            r.append(f"left drivable area at t={v['drivable_area_time']:.1f} s")
+            r.append(f"drivable area: a corner more than 0.3 m off the drivable area {_at(v['drivable_area_time'])}")
         if v["driving_direction"] < 1:
-            r.append(f"drove against the lane direction ({v['ddc_max_backward_m']:.1f} m in 1.1 s)")
+            r.append(f"driving direction: {v['ddc_max_backward_m']:.1f} m against the lane direction within 1.1 s"
+                     f" (>= {DDC_COMPLIANT_M:.0f} m) {_at(v.get('ddc_time', math.nan))}")
+        ep_text = (f"{v['progress_ego_m']:.1f} m along the expert route vs the expert's "
+                   f"{v['progress_expert_m']:.1f} m ({100 * v['progress']:.0f} %)")
         if v["making_progress"] < 1:
-            r.append(f"not making progress ({100 * v['progress']:.0f}% of the expert)")
+            r.append(f"making progress: {ep_text} < {100 * MAKING_PROGRESS_RATIO:.0f} % over the whole drive")
         elif v["progress"] < 1 - _NOTICEABLE:
-            r.append(f"progress {100 * v['progress']:.0f}% of the expert")
+            r.append(f"progress: {ep_text} over the whole drive")
         if v["ttc"] < 1:
-            r.append(f"time to collision under 0.95 s at t={v['ttc_time']:.1f} s")
+            r.append(f"time to collision: <= 0.95 s {_at(v['ttc_time'])}")
         if v["speed_limit"] < 1 - _NOTICEABLE:
-            r.append(f"speeding (speed-limit score {v['speed_limit']:.2f})")
+            r.append(f"speed limit: over the limit {_at(v.get('speed_limit_time', math.nan))} and by up to "
+                     f"{v.get('speed_limit_over_mps', math.nan):.1f} m/s (score {v['speed_limit']:.2f})")
         if v["comfort"] < 1:
-            bits = int(v["comfort_failed"])
-            names = [LABELS[q] for j, q in enumerate(QUANTITIES) if bits >> j & 1]
-            r.append("comfort: " + ", ".join(names))
+            r.append(_comfort_reason(v))
         out.append("; ".join(r))
     return out

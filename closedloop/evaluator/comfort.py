@@ -27,12 +27,16 @@ QUANTITIES = COMFORT_QUANTITIES
 :data:`av.checks.COMFORT_BOUNDS`)."""
 
 LABELS = {
-    "lon_accel": "lon. acceleration",
-    "lat_accel": "lat. acceleration",
+    "lon_accel": "longitudinal acceleration",
+    "lat_accel": "lateral acceleration",
     "jerk": "jerk",
-    "lon_jerk": "lon. jerk",
+    "lon_jerk": "longitudinal jerk",
     "yaw_rate": "yaw rate",
     "yaw_accel": "yaw acceleration",
+}
+UNITS = {
+    "lon_accel": "m/s²", "lat_accel": "m/s²", "jerk": "m/s³", "lon_jerk": "m/s³", "yaw_rate": "rad/s",
+    "yaw_accel": "rad/s²",
 }
 
 MIN_SAMPLES = 4
@@ -99,26 +103,37 @@ def comfort_series(
     return torch.round(out, decimals=8)
 
 
-def comfort_within_bounds(
+def comfort_values(
     a_lon: Tensor, a_lat: Tensor, a_norm: Tensor, yaw: Tensor, valid: Tensor, dt: float, windows: Windows
 ) -> tuple[Tensor, Tensor]:
-    """Per-sample comfort checks for left-aligned, variable-length series.
+    """The filtered comfort series of left-aligned, variable-length inputs.
 
     ``a_lon``, ``a_lat``, ``a_norm``, ``yaw``: ``[B, T]``; ``valid`` bool ``[B, T]``, a prefix of
-    ``n_b`` samples per scenario. Returns ``(ok, checked)``, both bool ``[B, 6, T]``: the filtered value
-    is strictly inside its bound / the sample was checked (``n_b >= MIN_SAMPLES``).
+    ``n_b`` samples per scenario. Returns ``(series, checked)``: float64 ``[B, 6, T]`` (order
+    :data:`QUANTITIES`, units of :data:`UNITS`, 0 where not checked) and bool ``[B, 6, T]``, the
+    sample was checked (``n_b >= MIN_SAMPLES``).
     """
     B, T = valid.shape
-    ok = torch.ones(B, len(QUANTITIES), T, dtype=torch.bool)
-    checked = torch.zeros_like(ok)
+    values = torch.zeros(B, len(QUANTITIES), T, dtype=torch.float64)
+    checked = torch.zeros(B, len(QUANTITIES), T, dtype=torch.bool)
     lengths = valid.sum(-1)
     for n in torch.unique(lengths).tolist():
         if n < MIN_SAMPLES:
             continue
         rows = (lengths == n).nonzero(as_tuple=True)[0]
-        series = comfort_series(
+        values[rows, :, :n] = comfort_series(
             a_lon[rows, :n], a_lat[rows, :n], a_norm[rows, :n], yaw[rows, :n], dt, windows
         )
-        ok[rows, :, :n] = within_comfort_bounds(series)
         checked[rows, :, :n] = True
-    return ok, checked
+    return values, checked
+
+
+def comfort_within_bounds(
+    a_lon: Tensor, a_lat: Tensor, a_norm: Tensor, yaw: Tensor, valid: Tensor, dt: float, windows: Windows
+) -> tuple[Tensor, Tensor]:
+    """Per-sample comfort checks for left-aligned, variable-length series (inputs as
+    :func:`comfort_values`). Returns ``(ok, checked)``, both bool ``[B, 6, T]``: the filtered value
+    is strictly inside its bound (True where not checked) / the sample was checked.
+    """
+    values, checked = comfort_values(a_lon, a_lat, a_norm, yaw, valid, dt, windows)
+    return within_comfort_bounds(values) | ~checked, checked

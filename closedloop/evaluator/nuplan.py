@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from av.batch import ScenarioBatch
-from av.checks import bounding_radius, box_overlap, may_overlap, moved_on
+from av.checks import bounding_radius, box_overlap, may_overlap, moved_on, within_comfort_bounds
 from av.geometry import box_corners
 from av.types import AgentType
 from av.vehicle import box_centre, ego_box
@@ -476,18 +476,26 @@ def speed_limit(scene: Scene, ms: MapState) -> MetricValues:
     return MetricValues(values=over, valid=scene.valid)
 
 
-def comfort(scene: Scene) -> MetricValues:
-    """Per check and sample: inside the nuPlan comfort bounds, bool ``[B, 6, W]`` (METRICS.md 1.9).
+def comfort_values(scene: Scene) -> MetricValues:
+    """The filtered nuPlan comfort series ``[B, 6, W]`` (units of :data:`.comfort.UNITS`; ``valid``:
+    checked) that :func:`comfort` bounds.
 
     a_lon = a_x + d (omega^2 + alpha) (the devkit's shift, as written), a_lat = a_y, |a| of the rear axle.
     """
     ax, ay = scene.accel[..., 0].double(), scene.accel[..., 1].double()
     d = scene.dims[:, 3:4].double()
     a_lon = ax + d * (scene.yaw_rate.double() ** 2 + scene.yaw_accel.double())
-    ok, checked = comfort_mod.comfort_within_bounds(
+    values, checked = comfort_mod.comfort_values(
         a_lon, ay, torch.hypot(ax, ay), scene.ego[..., 2].double(), scene.valid, scene.dt, comfort_mod.NUPLAN
     )
-    return MetricValues(values=ok, valid=checked)
+    return MetricValues(values=values, valid=checked)
+
+
+def comfort(scene: Scene, values: MetricValues | None = None) -> MetricValues:
+    """Per check and sample: inside the nuPlan comfort bounds, bool ``[B, 6, W]`` (METRICS.md 1.9),
+    from :func:`comfort_values` (pass ``values`` when already computed)."""
+    v = comfort_values(scene) if values is None else values
+    return MetricValues(values=within_comfort_bounds(v.values) | ~v.valid, valid=v.valid)
 
 
 def displacement(scene: Scene) -> MetricValues:
