@@ -11,7 +11,7 @@ A batch is a dict of the feature tensors (:data:`av.features.FEATURE_NAMES`), ``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import pytorch_lightning as pl

@@ -10,9 +10,7 @@ Lightning unchanged, so DDP on GPUs or a cluster needs no code change.
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 

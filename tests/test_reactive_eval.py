@@ -42,7 +42,7 @@ def test_reactive_follower_brakes_for_a_stopping_ego_and_the_log_one_hits_it() -
         with torch.no_grad():
             r = rollout(BuiltinSimulator(SimConfig(agents=mode)), batch, LogReplayPlanner(), record_plans=False)
         out[mode] = (r, evaluate(r))
-    (r_log, s_log), (r_idm, s_idm) = out["log"], out["idm"]
+    (_, s_log), (r_idm, s_idm) = out["log"], out["idm"]
     assert float(s_log["collisions"][0]) >= 1 and float(s_idm["collisions"][0]) == 0
     assert float(s_log["at_fault_collisions"][0]) == 0 and float(s_idm["at_fault_collisions"][0]) == 0
     assert float(s_log["no_collision"][0]) == 1 and float(s_idm["no_collision"][0]) == 1

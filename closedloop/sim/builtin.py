@@ -11,7 +11,6 @@ with IDM (:mod:`closedloop.sim.agents`); oriented-box overlaps are flagged every
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
