@@ -17,7 +17,7 @@ av scenarios variants --store "$OUT/holdout" --out "$OUT/holdout_var" --per-scen
 
 av train teacher --store "$OUT/train_var" --out "$OUT/run" --val-scenes "$VAL" --max-epochs 11 --no-progress
 av distill --teacher "$OUT/run/teacher.ckpt" --store "$OUT/train_var" --out "$OUT/run" --val-scenes "$VAL" \
-    --stride 4 --max-epochs 6 --lr 3e-4 --weight-decay 0.01 --no-progress
+    --stride 4 --max-epochs 15 --lr 1e-3 --weight-decay 0.01 --no-progress
 
 EVAL=(--store "$OUT/holdout_var" --out "$OUT/eval" --agents log,idm --threads 1 --worst 0 --no-progress --no-report)
 av closedloop eval "${EVAL[@]}" --planner pdm_closed,idm,constant_velocity,log_replay
