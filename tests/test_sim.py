@@ -350,6 +350,9 @@ def test_bench_cli_prints_one_json_object(capsys: pytest.CaptureFixture[str]) ->
         assert row["agent_steps_per_s"] > 0 and row["ratio"] == pytest.approx(
             row["kernel_agent_steps_per_s"] / row["agent_steps_per_s"], rel=1e-2)
     assert out["memory"]["state_bytes_b2"] > 0
+    for when in ("before", "after"):  # the machine beside the figures
+        m = out["machine"][when]
+        assert m["cores"] >= 1 and m["torch_threads"] >= 1 and len(m["load_average"]) == 3
     assert main(["bench", "sim", "--batches", "1,x"]) == 2
 
 

@@ -279,6 +279,22 @@ def bench_sim_store(store: Path, batches: Sequence[int] = (1, 64, 1024), steps: 
     return {"sim_store": rows, "store": str(store)}
 
 
+def machine() -> dict[str, Any]:
+    """The machine a figure was measured on: CPU cores (all, and usable by this process), torch
+    intra-op threads and the 1/5/15-minute load averages at this moment."""
+    import os
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cores": os.cpu_count(), "usable_cores": usable, "torch_threads": torch.get_num_threads(),
+            "load_average": [round(x, 2) for x in load]}
+
+
+def _emit(figures: dict[str, Any], before: dict[str, Any]) -> None:
+    """Print ``figures`` as one JSON object with the machine before and after the measurements."""
+    print(json.dumps({**figures, "machine": {"before": before, "after": machine()}}))
+
+
 def _sim(args: argparse.Namespace) -> int:
     try:
         batches = [int(b) for b in str(args.batches).split(",") if b.strip()]
@@ -288,12 +304,13 @@ def _sim(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise AvError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    before = machine()
     figures = bench_sim(batches, args.agents, args.steps, args.seed)
     if args.store is not None:
         figures.update(bench_sim_store(args.store, batches, args.steps))
     if args.eval_scenarios > 0:
         figures["eval"] = _bench_eval(args.eval_scenarios, args.seed)
-    print(json.dumps(figures))
+    _emit(figures, before)
     return 0
 
 
@@ -319,7 +336,8 @@ def _bench_eval(n: int, seed: int) -> dict:
 
 
 def _variants(args: argparse.Namespace) -> int:
-    print(json.dumps({"variants": _bench_variants(args.seed)}))
+    before = machine()
+    _emit({"variants": _bench_variants(args.seed)}, before)
     return 0
 
 
@@ -331,12 +349,18 @@ def _bench_variants(seed: int) -> dict:
 
 
 def _all(args: argparse.Namespace) -> int:
+    """Every figure, each section with the machine's load when it started."""
+    before = machine()
     figures = bench_sim((1, 64, 1024), 32, 50, args.seed)
+    figures["sim_machine"] = before
     if args.store is not None:
+        figures["sim_store_machine"] = machine()
         figures.update(bench_sim_store(args.store, (1, 64, 1024), 50))
+    figures["eval_machine"] = machine()
     figures["eval"] = _bench_eval(1000, args.seed)
+    figures["variants_machine"] = machine()
     figures["variants"] = _bench_variants(args.seed)
-    print(json.dumps(figures))
+    _emit(figures, before)
     return 0
 
 
@@ -365,8 +389,9 @@ def _student(args: argparse.Namespace) -> int:
             export_onnx(student, onnx, example_features(student.spec, 5, args.seed + 7), fp16=False)
         batch = collate(synthetic_scenarios(1, 32, 10, args.seed))
         observation = observe(batch, batch.history_steps, student.spec)
-        print(json.dumps(bench_student(student, teacher, onnx, observation, args.engine, args.calls, args.batch,
-                                       args.seed)))
+        before = machine()
+        _emit(bench_student(student, teacher, onnx, observation, args.engine, args.calls, args.batch, args.seed),
+              before)
     return 0
 
 
@@ -375,7 +400,8 @@ def _closedloop(args: argparse.Namespace) -> int:
 
     if args.scenarios < 1 or args.steps < 1:
         raise AvError("bench closedloop: need --scenarios >= 1 and --steps >= 1")
-    print(json.dumps(bench_rollouts(synthetic_scenarios(args.scenarios, 16, args.steps, args.seed), args.planner)))
+    before = machine()
+    _emit(bench_rollouts(synthetic_scenarios(args.scenarios, 16, args.steps, args.seed), args.planner), before)
     return 0
 
 
