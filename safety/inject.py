@@ -105,17 +105,30 @@ PLAN_FAULTS: dict[str, Callable[[Observation, Trajectory], Tensor]] = {
 PERCEPTION_FAULTS = ("noise", "dropped_agent", "ghost")
 
 
+STOPPED_MPS = 0.05  # m/s; an ego slower than this at contact is stopped (not at fault, as in nuPlan)
+
+
 def first_collision(poses: Tensor, obs: Observation, priv: Privileged, horizon_s: float = HORIZON_S) -> tuple[Tensor, Tensor]:
     """Ground truth: bool ``[B]`` whether the ego footprint along ``poses`` ``[B, H, 3]`` overlaps a
-    logged agent box (same time) within ``horizon_s``, and the index ``[B]`` of the first agent hit
-    (-1 none)."""
+    logged agent box (same time) within ``horizon_s`` in a collision the ego would be at fault for,
+    and the index ``[B]`` of the first agent hit (-1 none). As in nuPlan, contacts while the ego is
+    stopped (slower than ``STOPPED_MPS`` along the plan) and contacts with an agent whose centre is
+    behind the ego's rear axle (hit from behind), both judged at each agent's first contact, do not
+    count: a plan cannot avoid those, so no
+    monitor is asked to veto them."""
     K = min(poses.shape[1], priv.agents_future.shape[2], int(round(horizon_s / obs.dt)))
     p = poses[:, :K]
     ego = ego_box(p, obs.ego_dims[:, None, :].expand(-1, K, -1))  # [B, K, 5]
     a = priv.agents_future[:, :, :K]  # [B, N, K, 5]
     agents = torch.cat([a[..., :3], obs.agent_sizes[:, :, None].expand(-1, -1, K, -1)], -1)
     hit = box_overlap(ego[:, None], agents) & priv.agents_future_valid[:, :, :K]  # [B, N, K]
-    any_hit = hit.any(2)
+    previous = torch.cat([torch.zeros_like(p[:, :1, :2]), p[:, :-1, :2]], 1)
+    moving = (p[..., :2] - previous).norm(dim=-1) / obs.dt >= STOPPED_MPS  # [B, K]
+    ahead = (torch.cos(p[:, None, :, 2]) * (a[..., 0] - p[:, None, :, 0])
+             + torch.sin(p[:, None, :, 2]) * (a[..., 1] - p[:, None, :, 1])) >= 0.0  # [B, N, K]
+    contact = hit.float().argmax(2, keepdim=True)  # [B, N, 1]: each agent's first contact, judged there
+    fault = (moving[:, None].expand_as(hit) & ahead).gather(2, contact)[..., 0]
+    any_hit = hit.any(2) & fault
     first = torch.where(any_hit.any(1), any_hit.float().argmax(1), torch.full_like(any_hit[:, 0], -1, dtype=torch.long))
     return any_hit.any(1), first
 

@@ -31,6 +31,25 @@ def test_ground_truth_collision_uses_the_logged_future() -> None:
     assert first_collision(straight_plan(10.0).poses, obs, priv, horizon_s=1.0)[0].tolist() == [False]
 
 
+def test_ground_truth_counts_only_collisions_the_ego_is_at_fault_for() -> None:
+    """nuPlan's rule: a stopped ego, or one hit from behind, is not at fault; no monitor can
+    veto standing still."""
+    from av.observation import Privileged
+
+    obs = make_observation(speed=0.0, agents=[(-12.0, 0.0, 0.0, 6.0, 0.0, 4.5, 1.9)])
+    F = 30
+    t = torch.arange(1, F + 1, dtype=torch.float64) * 0.1
+    fut = torch.zeros(1, 1, F, 5, dtype=torch.float64)
+    fut[..., 0], fut[..., 3] = -12.0 + 6.0 * t, 6.0  # a follower that does not brake
+    priv = Privileged(torch.zeros(1, F, 5), torch.ones(1, F, dtype=torch.bool), fut, torch.ones(1, 1, F, dtype=torch.bool))
+    stopped = straight_plan(0.0)
+    assert first_collision(stopped.poses, obs, priv)[0].tolist() == [False]  # rear-ended while stopped
+    creeping = straight_plan(0.5)
+    assert first_collision(creeping.poses, obs, priv)[0].tolist() == [False]  # hit from behind while moving
+    fut[..., 0], fut[..., 3] = 6.0, 0.0  # a parked car ahead
+    assert first_collision(straight_plan(5.0).poses, obs, priv)[0].tolist() == [True]
+
+
 def test_no_brake_follows_the_logged_path_at_constant_speed() -> None:
     obs = make_observation(speed=10.0)
     nominal = straight_plan(10.0, accel=-4.0, steps=30)  # the human stops within 2.5 s
