@@ -548,8 +548,8 @@ def run_eval(config: EvalConfig) -> ResultTable:
     """
     config.validate()
     store_count(config.store)  # a missing or foreign store fails here, before any work
+    planner = make_planner(config.planner, **config.planner_settings)  # bad settings fail before any log line
     log.info("evaluating %s with %s agents on %s into %s", config.planner, config.agents, config.store, config.out)
-    planner = make_planner(config.planner, **config.planner_settings)
     inputs = run_inputs(config)
     key = digest(inputs)
     run_dir = Path(config.out)
