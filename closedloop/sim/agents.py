@@ -126,7 +126,8 @@ def build_paths(batch: ScenarioBatch) -> AgentPaths:
     moving_kind = (types == int(AgentType.VEHICLE)) | (types == int(AgentType.CYCLIST))
     candidate = moving_kind.reshape(-1).nonzero().squeeze(1)  # flat b * N + n, ascending
     valid = batch.agent_valid.reshape(B * N, T)[candidate]
-    pose = _fill_invalid(batch.agents.reshape(B * N, T, -1).index_select(0, candidate)[..., :3], valid)
+    states = batch.agents.reshape(B * N, T, batch.agents.shape[-1])  # explicit width: N may be 0
+    pose = _fill_invalid(states.index_select(0, candidate)[..., :3], valid)
     seg = (pose[:, 1:, :2] - pose[:, :-1, :2]).norm(dim=-1)
     reactive = torch.zeros(B * N, dtype=torch.bool, device=types.device)
     reactive[candidate] = seg.sum(-1) >= MIN_PATH_LENGTH
