@@ -137,8 +137,8 @@ class DistillationSystem(pl.LightningModule):
     def _loss(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         feats = _features(batch)
         plan, proposals, scores = self._labels(batch)
-        emb = self.net.encode(*feats)
-        traj = self.net.decode(emb, feats[0], feats[5], feats[6])
+        emb, context = self.net.encode(*feats)
+        traj = self.net.decode(emb, context)
         plan_loss = pose_error(traj, plan).mean()
         known = torch.isfinite(scores)
         logits = self.score_head(emb, torch.nan_to_num(proposals))

@@ -12,6 +12,7 @@ import torch
 from av.batch import collate
 from av.features import FEATURE_NAMES, Features, encode, feature_shapes, history_samples
 from av.nets import TEACHER_PRESETS, StudentNet, TeacherConfig, TeacherNet, parameter_count
+from av.nets.student import route_view
 from av.observe import ObservationSpec, observe
 from conftest import SPEED_LIMIT, build_scenario
 
@@ -117,6 +118,40 @@ def test_student_output_is_invariant_to_padding_and_slot_order() -> None:
                       route_mask)
     assert ref.shape == (2, student.config.horizon, 3)
     assert torch.allclose(ref, got, atol=1e-5)
+
+
+def test_student_follows_the_car_in_its_lane_and_sees_a_crossing_pedestrian_coming() -> None:
+    """The student's car-following prior (:func:`av.nets.student.route_view`) on the hand-made
+    road: the lead car in the ego's lane is a leader at its bumper-to-bumper gap and speed, the
+    car in the next lane is not; a pedestrian 4 m to the side walking towards the route at
+    1.5 m/s becomes one once the extrapolation brings it within reach of the path; an untrained
+    student with zero outputs stops behind a stopped car."""
+    f = _features()
+    H, dt = 16, 0.5
+    lead, left, ped = 1, 0, 2  # slots in scenario "a" (sorted by distance; the pedestrian is not seen yet)
+    assert float(f.agents[0, lead, 1]) == 0.0 and float(f.agents[0, left, 1]) > 3.0 and not bool(f.agent_mask[0, ped])
+    view = route_view(f.ego, f.agents, f.agent_mask, f.route, f.route_mask, H, dt)
+    weight = view.leaders.weight
+    assert weight.shape == (2, H, SPEC.num_agents)
+    assert bool((weight[0, :, lead] == 1).all()) and float(weight[0, :, left].max()) == 0
+    front = float(f.ego[0, 7] + 0.5 * f.ego[0, 4])
+    assert abs(float(view.leaders.gap[0, lead]) - (14.0 - 2.25 - front)) < 0.2  # lead at x = 19 m, ego at 5 m (blended s)
+    assert abs(float(view.leaders.speed[0, lead]) - 4.0) < 0.1
+    agents, mask = f.agents.clone(), f.agent_mask.clone()
+    agents[0, ped, 0:7] = torch.tensor([10.0, 4.0, 0.0, -1.0, 0.0, -1.5, 1.0])  # walking towards the route
+    agents[0, ped, -6:] = torch.tensor([0.7, 0.7, 0.0, 1.0, 0.0, 0.0])
+    mask[0, ped] = True
+    crossing = route_view(f.ego, agents, mask, f.route, f.route_mask, H, dt).leaders.weight[0, :, ped]
+    assert float(crossing[0]) == 0 and float(crossing[-1]) == 1  # 4 - 0.35 m off now, 1 m in 2 s
+    student = StudentNet(SPEC).eval()
+    with torch.no_grad():
+        student.head[-1].weight.zero_()
+        student.head[-1].bias.zero_()
+        agents = f.agents.clone()
+        for i in range(history_samples(SPEC.history_steps)):
+            agents[0, lead, 7 * i + 4:7 * i + 6] = 0.0  # the lead car stands still 14 m ahead
+        poses = student(f.ego, agents, f.agent_mask, f.lanes, f.lane_mask, f.route, f.route_mask)
+    assert float(poses[0, -1, 0]) < 14.0 - 2.25 - front  # stopped short of it
 
 
 def test_teacher_outputs_proposals_and_ignores_padding() -> None:

@@ -7,9 +7,10 @@ import math
 
 import torch
 
-from av.nets.route_frame import ACCEL_LIMIT, decode_along_route, route_coordinates
+from av.nets.route_frame import ACCEL_LIMIT, FOLLOW, Leaders, decode_along_route, no_leaders, route_coordinates
 
 R, SPACING, H, DT = 20, 5.0, 16, 0.5
+FREE = no_leaders(1, H, torch.zeros(1))
 
 
 def straight(y: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,12 +35,12 @@ def ego(speed: float) -> torch.Tensor:
 
 def test_zero_output_drives_the_route_at_constant_speed() -> None:
     route, mask = straight()
-    poses = decode_along_route(torch.zeros(1, 2 * H), ego(10.0), route, mask, H, DT)
+    poses = decode_along_route(torch.zeros(1, 2 * H + 1), ego(10.0), route, mask, H, DT, FREE)
     t = torch.arange(1, H + 1) * DT
     torch.testing.assert_close(poses[0, :, 0], 10.0 * t, atol=1e-3, rtol=0)
     assert poses[0, :, 1:].abs().max() < 1e-5
     route, mask = circle(50.0)
-    poses = decode_along_route(torch.zeros(1, 2 * H), ego(10.0), route, mask, H, DT)
+    poses = decode_along_route(torch.zeros(1, 2 * H + 1), ego(10.0), route, mask, H, DT, FREE)
     radius = (poses[0, :, 0] ** 2 + (poses[0, :, 1] - 50.0) ** 2).sqrt()
     assert (radius - 50.0).abs().max() < 0.1  # on the circle (chords 5 m apart)
     torch.testing.assert_close(poses[0, :, 2], 10.0 * t / 50.0, atol=0.02, rtol=0)  # yaw follows the road
@@ -47,27 +48,47 @@ def test_zero_output_drives_the_route_at_constant_speed() -> None:
 
 def test_an_offset_ego_merges_back_and_past_the_route_end_it_goes_straight() -> None:
     route, mask = straight(y=-1.0)  # the ego is 1 m left of the route
-    poses = decode_along_route(torch.zeros(1, 2 * H), ego(10.0), route, mask, H, DT)
+    poses = decode_along_route(torch.zeros(1, 2 * H + 1), ego(10.0), route, mask, H, DT, FREE)
     lateral = poses[0, :, 1] + 1.0
     assert 0 < lateral[0] < 1.0 and lateral[-1] < 0.01 and bool((lateral[1:] <= lateral[:-1]).all())
     short = mask.clone()
     short[0, 3:] = False  # 10 m of route: the rest extends straight ahead
-    poses = decode_along_route(torch.zeros(1, 2 * H), ego(10.0), route * short[..., None], short, H, DT)
+    poses = decode_along_route(torch.zeros(1, 2 * H + 1), ego(10.0), route * short[..., None], short, H, DT, FREE)
     assert abs(float(poses[0, -1, 0]) - 80.0) < 1e-3
     none = torch.zeros_like(mask)  # no route at all: the ego's x axis
-    poses = decode_along_route(torch.zeros(1, 2 * H), ego(5.0), torch.zeros_like(route), none, H, DT)
+    poses = decode_along_route(torch.zeros(1, 2 * H + 1), ego(5.0), torch.zeros_like(route), none, H, DT, FREE)
     assert abs(float(poses[0, -1, 0]) - 40.0) < 1e-3 and poses[0, :, 1].abs().max() < 1e-6
 
 
 def test_braking_stops_without_reversing() -> None:
     route, mask = straight()
     raw = torch.zeros(1, H, 2)
-    raw[..., 0] = -10.0  # full braking
-    poses = decode_along_route(raw.flatten(1), ego(10.0), route, mask, H, DT)
+    raw[..., 0] = -20.0  # full braking
+    poses = decode_along_route(torch.cat([raw.flatten(1), torch.zeros(1, 1)], 1), ego(10.0), route, mask, H, DT, FREE)
     x = poses[0, :, 0]
     assert bool((x[1:] >= x[:-1] - 1e-6).all())  # never backwards
     stop = 10.0 ** 2 / (2 * ACCEL_LIMIT)
     assert abs(float(x[-1]) - stop) < 1.5
+
+
+def test_the_car_following_prior_keeps_a_gap_to_leaders_in_the_path() -> None:
+    """Zero outputs behind a stopped car 30 m ahead: the ego stops short of it; behind a car at
+    its own speed, far beyond the desired gap: it nearly keeps its speed; a car off the path changes nothing."""
+    route, mask = straight()
+    zero = torch.zeros(1, 2 * H + 1)
+
+    def drive(gap: float, speed: float, weight: float) -> torch.Tensor:
+        leaders = Leaders(torch.tensor([[gap]]), torch.tensor([[speed]]), torch.full((1, H, 1), weight))
+        return decode_along_route(zero, ego(10.0), route, mask, H, DT, leaders)[0, :, 0]
+
+    stopped = drive(30.0, 0.0, 1.0)
+    assert bool((stopped[1:] >= stopped[:-1] - 1e-6).all())
+    assert 30.0 - FOLLOW.min_gap - 1.0 < float(stopped[-1]) < 30.0  # stops about s0 behind it, never into it
+    assert float(stopped[-1] - stopped[-2]) < 0.1  # nearly at rest, settling towards s0
+    t = torch.arange(1, H + 1) * DT
+    following = drive(60.0, 10.0, 1.0)  # 6 s behind a car at its speed: IDM's interaction is small
+    assert 0.95 * 80.0 < float(following[-1]) <= 80.0
+    torch.testing.assert_close(drive(30.0, 0.0, 0.0), 10.0 * t, atol=1e-3, rtol=0)  # not in the path
 
 
 def test_route_coordinates_on_hand_built_routes() -> None:

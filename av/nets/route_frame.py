@@ -16,15 +16,63 @@ extended straight, and with no valid route point the route is the ego's x axis.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 ACCEL_LIMIT = 5.0  # m/s^2; |longitudinal acceleration| the decoder can express
+ACCEL_UP = 2.0  # m/s^2; most the network may add to the car-following prior's acceleration
 OFFSET_LIMIT = 4.0  # m; |lateral offset| from the prior the decoder can express
 RETURN_TIME = 1.5  # s; the prior brings the ego's current lateral offset back to the route with this time constant
-SPEED_SOFTNESS = 4.0  # 1/(m/s); speeds go through softplus(beta=this) so they stay >= 0
+SPEED_SOFTNESS = 4.0  # 1/(m/s); the desired speed goes through softplus(beta=this)
+MIN_DESIRED_SPEED = 3.0  # m/s; the desired speed never goes below this (the free-road term stays bounded)
+DESIRED_SPEED_SCALE = 10.0  # m/s per unit of the desired-speed output
+GAP_FLOOR = 0.5  # m; gaps to leaders are floored here
+RATIO_LIMIT = 10.0  # desired gap / gap saturates softly at this (IDM braking stays finite, float16-safe)
 _EPS = 1e-4
 SNAP_DISTANCE = 0.5  # m; route coordinates blend segments whose distances differ by about this
+
+
+@dataclass(frozen=True)
+class FollowLaw:
+    """The car-following prior's IDM parameters (:mod:`av.idm`; the ego planners' defaults):
+    maximum acceleration a (m/s^2), comfortable deceleration b (m/s^2), standstill gap s0 (m)
+    and time headway T (s)."""
+
+    accel: float = 1.0
+    decel: float = 3.0
+    min_gap: float = 1.0
+    headway: float = 1.5
+
+
+FOLLOW = FollowLaw()
+
+
+class Leaders(NamedTuple):
+    """Agents the ego may follow, as seen along the route at plan time: ``gap`` ``[B, N]`` (m,
+    from the ego's front bumper to the agent's rear along the route), ``speed`` ``[B, N]`` (m/s,
+    along the route) and ``weight`` ``[B, H, N]`` (1 where the agent is ahead in the ego's path at
+    the start of output step ``k``, else 0).
+    Each is assumed to keep its speed."""
+
+    gap: Tensor
+    speed: Tensor
+    weight: Tensor
+
+
+class RoutePolyline(NamedTuple):
+    """Segments of the observed route (:func:`route_polyline`)."""
+
+    start: Tensor  # [B, 2] first point (m)
+    seg_start: Tensor  # [B, R-1] arc length where each segment starts (m)
+    length: Tensor  # [B, R-1] segment lengths (m; 0 for invalid segments)
+    direction: Tensor  # [B, R-1, 2] unit directions
+    heading: Tensor  # [B, R, 2] unit point headings, the last valid one repeated past the end
+    end_dir: Tensor  # [B, 2] direction used past the end
+    seg_valid: Tensor  # [B, R-1] bool
 
 
 def _cumsum(x: Tensor) -> Tensor:
@@ -33,14 +81,14 @@ def _cumsum(x: Tensor) -> Tensor:
     return x @ torch.ones(n, n, dtype=x.dtype, device=x.device).triu()
 
 
-def _route_polyline(route: Tensor, route_mask: Tensor) -> tuple[Tensor, ...]:
-    """Segments of the observed route ``[B, R, 4]`` (x, y, cos, sin; mask ``[B, R]``).
+def _clamp(x: Tensor, limit: float) -> Tensor:
+    """``x`` clamped to ``[-limit, limit]`` with ``relu`` differences (no Min/Max operators)."""
+    return x + torch.relu(-limit - x) - torch.relu(x - limit)
 
-    Returns start point ``[B, 2]``, segment starts ``[B, R-1]`` (arc length, m), lengths
-    ``[B, R-1]`` (0 for invalid segments), unit directions ``[B, R-1, 2]``, point headings
-    ``[B, R, 2]`` (unit vectors, the last valid one repeated past the route's end) and the
-    direction ``[B, 2]`` used before the start and past the end.
-    """
+
+def route_polyline(route: Tensor, route_mask: Tensor) -> RoutePolyline:
+    """Segments of the observed route ``[B, R, 4]`` (x, y, cos, sin; mask ``[B, R]``); with a
+    single point the route's own heading continues it, with none the ego's x axis."""
     m = route_mask.to(route.dtype)[..., None]  # [B, R, 1]
     B = route.shape[0]
     x_axis = torch.zeros(B, 2, dtype=route.dtype, device=route.device)
@@ -63,7 +111,7 @@ def _route_polyline(route: Tensor, route_mask: Tensor) -> tuple[Tensor, ...]:
     last_heading = (heading * (m * (1.0 - torch.cat([m[:, 1:], torch.zeros_like(m[:, :1])], 1)))).sum(1)
     last_heading = last_heading + (1.0 - has_route) * x_axis
     heading = heading * m + (1.0 - m) * last_heading[:, None]
-    return start, seg_start, length, direction, heading, end_dir
+    return RoutePolyline(start, seg_start, length, direction, heading, end_dir, route_mask[:, 1:] & route_mask[:, :-1])
 
 
 def _along(s: Tensor, seg_start: Tensor, length: Tensor) -> Tensor:
@@ -72,32 +120,71 @@ def _along(s: Tensor, seg_start: Tensor, length: Tensor) -> Tensor:
     return torch.relu(gone) - torch.relu(gone - length[:, None])
 
 
-def decode_along_route(raw: Tensor, ego: Tensor, route: Tensor, route_mask: Tensor, horizon: int,
-                       dt: float) -> Tensor:
-    """Poses ``[B, H, 3]`` (x, y, yaw) at times ``dt, 2 dt, ..., H dt`` from raw outputs
-    ``[B, 2 H]``: per step a longitudinal acceleration ``ACCEL_LIMIT tanh(raw)`` (m/s^2) and a
-    lateral offset ``OFFSET_LIMIT tanh(raw)`` (m, left positive) added to the prior, the ego's
-    current offset from the route decaying with time constant ``RETURN_TIME`` (zero outputs
-    drive along the route at constant speed, merging back onto it). ``ego`` ``[B, 8]`` are the raw ego features (column 0: forward speed,
-    m/s); ``route`` ``[B, R, 4]`` / ``route_mask`` ``[B, R]`` the observed route features.
+def follow_speeds(push: Tensor, desired: Tensor, v0: Tensor, leaders: Leaders, dt: float) -> tuple[Tensor, Tensor]:
+    """Speeds ``[B, H]`` (m/s) at ``dt, 2 dt, ...`` and distances travelled ``[B, H]`` (m) of a
+    car-following prior plus the network's acceleration ``push`` ``[B, H]`` (m/s^2).
 
-    Speeds are ``softplus`` of the integrated accelerations (never negative: no reversing);
-    arc length integrates them with the trapezoid rule from the ego's own arc length on the route.
+    Each step the acceleration is IDM's (:data:`FOLLOW`; free road towards ``desired`` ``[B]``
+    m/s, interaction with the most constraining of the ``leaders``, each moving at its own speed)
+    plus ``push``, clamped to ``ACCEL_LIMIT``; speeds stop at zero (no reversing, no creeping) and
+    distances integrate them with the trapezoid rule from the current speed ``v0`` ``[B]``.
+    With no leader in the path and ``desired == v0`` a zero ``push`` keeps the speed.
     """
-    out = raw.reshape(raw.shape[0], horizon, 2)
-    accel = ACCEL_LIMIT * torch.tanh(out[..., 0])
-    d_offset = OFFSET_LIMIT * torch.tanh(out[..., 1])
-    start, seg_start, length, direction, heading, end_dir = _route_polyline(route, route_mask)
+    law = FOLLOW
+    root = 2.0 * math.sqrt(law.accel * law.decel)
+    v = torch.relu(v0)
+    travelled = torch.zeros_like(v)
+    speeds, distances = [], []
+    for k in range(push.shape[1]):
+        gap = leaders.gap + leaders.speed * (k * dt) - travelled[:, None]
+        gap = GAP_FLOOR + torch.relu(gap - GAP_FLOOR)
+        wanted = law.min_gap + torch.relu(v[:, None] * law.headway + v[:, None] * (v[:, None] - leaders.speed) / root)
+        ratio = RATIO_LIMIT * torch.tanh(wanted / gap / RATIO_LIMIT)
+        interaction = (ratio.square() * leaders.weight[:, k]).amax(1) if leaders.gap.shape[1] else torch.zeros_like(v)
+        accel = law.accel * (1.0 - (v / desired) ** 4 - interaction) + push[:, k]
+        v_next = torch.relu(v + _clamp(accel, ACCEL_LIMIT) * dt)
+        travelled = travelled + 0.5 * (v + v_next) * dt
+        speeds.append(v_next)
+        distances.append(travelled)
+        v = v_next
+    return torch.stack(speeds, 1), torch.stack(distances, 1)
 
-    v0 = ego[:, :1]
-    speed = torch.nn.functional.softplus(v0 + _cumsum(accel) * dt, beta=SPEED_SOFTNESS)  # [B, H]
-    v_prev = torch.cat([torch.relu(v0), speed[:, :-1]], 1)
+
+def no_leaders(batch: int, horizon: int, like: Tensor) -> Leaders:
+    """An empty :class:`Leaders` (free road) for ``batch`` problems and ``horizon`` steps."""
+    empty = like.new_zeros(batch, 0)
+    return Leaders(empty, empty, like.new_zeros(batch, horizon, 0))
+
+
+def decode_along_route(raw: Tensor, ego: Tensor, route: Tensor, route_mask: Tensor, horizon: int,
+                       dt: float, leaders: Leaders, poly: RoutePolyline | None = None) -> Tensor:
+    """Poses ``[B, H, 3]`` (x, y, yaw) at times ``dt, 2 dt, ..., H dt`` from raw outputs
+    ``[B, 2 H + 1]``: per step an acceleration added to the car-following prior
+    (:func:`follow_speeds`; from ``-ACCEL_LIMIT`` to ``+ACCEL_UP`` m/s^2, 0 for a zero output)
+    and a lateral offset ``OFFSET_LIMIT tanh(raw)`` (m, left positive) added to the prior that
+    brings the ego's current offset from the route back with time constant ``RETURN_TIME``; the
+    last output sets the desired speed (``DESIRED_SPEED_SCALE`` m/s per unit from the current
+    speed, at least ``MIN_DESIRED_SPEED``). Zero outputs drive along the route at the current
+    speed behind the ``leaders``, merging back onto it. ``ego`` ``[B, 8]`` are the raw ego
+    features (column 0: forward speed, m/s); ``route`` ``[B, R, 4]`` / ``route_mask`` ``[B, R]``
+    the observed route features, ``poly`` their :func:`route_polyline` if already computed.
+    """
+    out = raw[:, :2 * horizon].reshape(raw.shape[0], horizon, 2)
+    up = ACCEL_UP + ACCEL_LIMIT
+    push = up * torch.sigmoid(out[..., 0] + math.log(ACCEL_LIMIT / ACCEL_UP)) - ACCEL_LIMIT
+    d_offset = OFFSET_LIMIT * torch.tanh(out[..., 1])
+    v0 = ego[:, 0]
+    desired = MIN_DESIRED_SPEED + torch.nn.functional.softplus(
+        torch.relu(v0) - MIN_DESIRED_SPEED + DESIRED_SPEED_SCALE * raw[:, 2 * horizon], beta=SPEED_SOFTNESS)
+    _, travelled = follow_speeds(push, desired, v0, leaders, dt)
+    start, seg_start, length, direction, heading, end_dir, _ = poly or route_polyline(route, route_mask)
+
     # Where the ego is relative to the route's first point: along it and to its left.
     first_dir = heading[:, 0]
     rel = -start
     s0 = (rel * first_dir).sum(-1, keepdim=True)
     lat0 = first_dir[:, 0:1] * rel[:, 1:2] - first_dir[:, 1:2] * rel[:, 0:1]
-    s = s0 + _cumsum(0.5 * (v_prev + speed) * dt)  # [B, H]
+    s = s0 + travelled  # [B, H]
     t = torch.arange(1, horizon + 1, dtype=raw.dtype, device=raw.device) * dt
     lateral = lat0 * torch.exp(-t / RETURN_TIME) + d_offset
 
@@ -120,7 +207,8 @@ def decode_along_route(raw: Tensor, ego: Tensor, route: Tensor, route_mask: Tens
     return torch.cat([xy, yaw[..., None]], -1)
 
 
-def route_coordinates(points: Tensor, route: Tensor, route_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def route_coordinates(points: Tensor, route: Tensor, route_mask: Tensor,
+                      poly: RoutePolyline | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Route coordinates of ``points`` ``[B, N, 2]`` (ego frame, m): arc length ``s`` ``[B, N]``
     (m, from the route's first observed point, negative behind it), signed lateral offset ``d``
     ``[B, N]`` (m, left positive) and the route's unit direction near the point ``[B, N, 2]``.
@@ -131,9 +219,8 @@ def route_coordinates(points: Tensor, route: Tensor, route_mask: Tensor) -> tupl
     the coordinates pass smoothly from one segment to the next. With no valid segment the route
     is the ego's x axis.
     """
-    _, seg_start, length, direction, _, _ = _route_polyline(route, route_mask)
+    _, seg_start, length, direction, _, _, seg_valid = poly or route_polyline(route, route_mask)
     R1 = length.shape[1]
-    seg_valid = route_mask[:, 1:] & route_mask[:, :-1]  # [B, R-1]
     first = torch.zeros_like(seg_valid)
     first[:, 0] = True
     last = seg_valid & ~torch.cat([seg_valid[:, 1:], torch.zeros_like(seg_valid[:, :1])], 1)
