@@ -348,7 +348,7 @@ def finetune_student(start: str, states: dict[str, Tensor], out: Path, config: F
     from distill.train import TrainerConfig, fit
 
     pl.seed_everything(seed, workers=True, verbose=False)
-    system = DistillationSystem(load_network(start), loss=DistillLossConfig(log_weight=config.log_weight),
+    system = DistillationSystem(load_network(start), loss=DistillLossConfig(plan_weight=1.0, log_weight=config.log_weight),
                                 optim=OptimConfig(lr=config.lr))
     # The score head trained with the student comes along (a fresh one would pull the student's
     # embedding towards random scores); a checkpoint without one keeps the seeded fresh head.

@@ -60,11 +60,16 @@ class DistillLossConfig:
     """Weights of the distillation loss: ``plan_weight`` x regression to the labeller's plan
     (mean pose error, m) + ``score_weight`` x binary cross-entropy of the student's predicted
     scores of the labeller's proposals against the labeller's scores (Hydra-MDP-style
-    multi-target distillation) + ``log_weight`` x regression to the logged future."""
+    multi-target distillation) + ``log_weight`` x regression to the logged future.
 
-    plan_weight: float = field(default=1.0, metadata={"help": "weight of the regression to the teacher's plan"})
+    The defaults are the best of the held-out runs in the README (teacher/student section): the
+    teacher's chosen plans switch between proposals from one state to the next, so the logged
+    drive regularises the speed the student learns, and the teacher's plans and scores teach it
+    where to deviate from it."""
+
+    plan_weight: float = field(default=0.3, metadata={"help": "weight of the regression to the teacher's plan"})
     score_weight: float = field(default=1.0, metadata={"help": "weight of the distillation of the teacher's scores"})
-    log_weight: float = field(default=0.0, metadata={"help": "weight of the regression to the logged future"})
+    log_weight: float = field(default=1.0, metadata={"help": "weight of the regression to the logged future"})
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ ACCEL_LIMIT = 5.0  # m/s^2; |longitudinal acceleration| the decoder can express
 ACCEL_UP = 2.0  # m/s^2; most the network may add to the car-following prior's acceleration
 OFFSET_LIMIT = 4.0  # m; |lateral offset| from the prior the decoder can express
 RETURN_TIME = 1.5  # s; the prior brings the ego's current lateral offset back to the route with this time constant
+LATERAL_GATE = 1.0  # m; the lateral offset changes fully only once the ego has moved a few times this far
 SPEED_SOFTNESS = 4.0  # 1/(m/s); the desired speed goes through softplus(beta=this)
 MIN_DESIRED_SPEED = 3.0  # m/s; the desired speed never goes below this (the free-road term stays bounded)
 DESIRED_SPEED_SCALE = 10.0  # m/s per unit of the desired-speed output
@@ -126,8 +127,8 @@ def follow_speeds(push: Tensor, desired: Tensor, v0: Tensor, leaders: Leaders, d
 
     Each step the acceleration is IDM's (:data:`FOLLOW`; free road towards ``desired`` ``[B]``
     m/s, interaction with the most constraining of the ``leaders``, each moving at its own speed)
-    plus ``push``, clamped to ``ACCEL_LIMIT``; speeds stop at zero (no reversing, no creeping) and
-    distances integrate them with the trapezoid rule from the current speed ``v0`` ``[B]``.
+    plus ``push``, clamped to ``ACCEL_LIMIT``, held over the step; speeds stop at zero (no
+    reversing, no creeping) and distances are exact for that from the current speed ``v0`` ``[B]``.
     With no leader in the path and ``desired == v0`` a zero ``push`` keeps the speed.
     """
     law = FOLLOW
@@ -142,8 +143,12 @@ def follow_speeds(push: Tensor, desired: Tensor, v0: Tensor, leaders: Leaders, d
         ratio = RATIO_LIMIT * torch.tanh(wanted / gap / RATIO_LIMIT)
         interaction = (ratio.square() * leaders.weight[:, k]).amax(1) if leaders.gap.shape[1] else torch.zeros_like(v)
         accel = law.accel * (1.0 - (v / desired) ** 4 - interaction) + push[:, k]
-        v_next = torch.relu(v + _clamp(accel, ACCEL_LIMIT) * dt)
-        travelled = travelled + 0.5 * (v + v_next) * dt
+        accel = _clamp(accel, ACCEL_LIMIT)
+        v_next = torch.relu(v + accel * dt)
+        # Exact for a constant acceleration: a stop inside the step covers v^2 / (2 |a|), not the
+        # trapezoid's v dt / 2 (which a tracking controller would creep along at every replan).
+        stops = v + accel * dt <= 0.0
+        travelled = travelled + torch.where(stops, v * v / (2.0 * torch.relu(-accel) + _EPS), 0.5 * (v + v_next) * dt)
         speeds.append(v_next)
         distances.append(travelled)
         v = v_next
@@ -162,7 +167,8 @@ def decode_along_route(raw: Tensor, ego: Tensor, route: Tensor, route_mask: Tens
     ``[B, 2 H + 1]``: per step an acceleration added to the car-following prior
     (:func:`follow_speeds`; from ``-ACCEL_LIMIT`` to ``+ACCEL_UP`` m/s^2, 0 for a zero output)
     and a lateral offset ``OFFSET_LIMIT tanh(raw)`` (m, left positive) added to the prior that
-    brings the ego's current offset from the route back with time constant ``RETURN_TIME``; the
+    brings the ego's current offset from the route back with time constant ``RETURN_TIME``
+    (the change is gated by the distance travelled: a stopped plan does not slide sideways); the
     last output sets the desired speed (``DESIRED_SPEED_SCALE`` m/s per unit from the current
     speed, at least ``MIN_DESIRED_SPEED``). Zero outputs drive along the route at the current
     speed behind the ``leaders``, merging back onto it. ``ego`` ``[B, 8]`` are the raw ego
@@ -186,7 +192,9 @@ def decode_along_route(raw: Tensor, ego: Tensor, route: Tensor, route_mask: Tens
     lat0 = first_dir[:, 0:1] * rel[:, 1:2] - first_dir[:, 1:2] * rel[:, 0:1]
     s = s0 + travelled  # [B, H]
     t = torch.arange(1, horizon + 1, dtype=raw.dtype, device=raw.device) * dt
-    lateral = lat0 * torch.exp(-t / RETURN_TIME) + d_offset
+    # A car moves sideways only while it moves along: the lateral change is gated by distance.
+    gate = 1.0 - torch.exp(-travelled / LATERAL_GATE)
+    lateral = lat0 + gate * (lat0 * (torch.exp(-t / RETURN_TIME) - 1.0) + d_offset)
 
     inside = _along(s, seg_start, length)  # [B, H, R-1]
     total = length.sum(1, keepdim=True)
