@@ -121,9 +121,9 @@ def _along(s: Tensor, seg_start: Tensor, length: Tensor) -> Tensor:
     return torch.relu(gone) - torch.relu(gone - length[:, None])
 
 
-def follow_speeds(push: Tensor, desired: Tensor, v0: Tensor, leaders: Leaders, dt: float) -> tuple[Tensor, Tensor]:
-    """Speeds ``[B, H]`` (m/s) at ``dt, 2 dt, ...`` and distances travelled ``[B, H]`` (m) of a
-    car-following prior plus the network's acceleration ``push`` ``[B, H]`` (m/s^2).
+def follow_distances(push: Tensor, desired: Tensor, v0: Tensor, leaders: Leaders, dt: float) -> Tensor:
+    """Distances travelled ``[B, H]`` (m) at ``dt, 2 dt, ...`` under a car-following prior plus
+    the network's acceleration ``push`` ``[B, H]`` (m/s^2).
 
     Each step the acceleration is IDM's (:data:`FOLLOW`; free road towards ``desired`` ``[B]``
     m/s, interaction with the most constraining of the ``leaders``, each moving at its own speed)
@@ -135,7 +135,7 @@ def follow_speeds(push: Tensor, desired: Tensor, v0: Tensor, leaders: Leaders, d
     root = 2.0 * math.sqrt(law.accel * law.decel)
     v = torch.relu(v0)
     travelled = torch.zeros_like(v)
-    speeds, distances = [], []
+    distances = []
     for k in range(push.shape[1]):
         gap = leaders.gap + leaders.speed * (k * dt) - travelled[:, None]
         gap = GAP_FLOOR + torch.relu(gap - GAP_FLOOR)
@@ -149,10 +149,9 @@ def follow_speeds(push: Tensor, desired: Tensor, v0: Tensor, leaders: Leaders, d
         # trapezoid's v dt / 2 (which a tracking controller would creep along at every replan).
         stops = v + accel * dt <= 0.0
         travelled = travelled + torch.where(stops, v * v / (2.0 * torch.relu(-accel) + _EPS), 0.5 * (v + v_next) * dt)
-        speeds.append(v_next)
         distances.append(travelled)
         v = v_next
-    return torch.stack(speeds, 1), torch.stack(distances, 1)
+    return torch.stack(distances, 1)
 
 
 def no_leaders(batch: int, horizon: int, like: Tensor) -> Leaders:
@@ -165,7 +164,7 @@ def decode_along_route(raw: Tensor, ego: Tensor, route: Tensor, route_mask: Tens
                        dt: float, leaders: Leaders, poly: RoutePolyline | None = None) -> Tensor:
     """Poses ``[B, H, 3]`` (x, y, yaw) at times ``dt, 2 dt, ..., H dt`` from raw outputs
     ``[B, 2 H + 1]``: per step an acceleration added to the car-following prior
-    (:func:`follow_speeds`; from ``-ACCEL_LIMIT`` to ``+ACCEL_UP`` m/s^2, 0 for a zero output)
+    (:func:`follow_distances`; from ``-ACCEL_LIMIT`` to ``+ACCEL_UP`` m/s^2, 0 for a zero output)
     and a lateral offset ``OFFSET_LIMIT tanh(raw)`` (m, left positive) added to the prior that
     brings the ego's current offset from the route back with time constant ``RETURN_TIME``
     (the change is gated by the distance travelled: a stopped plan does not slide sideways); the
@@ -182,7 +181,7 @@ def decode_along_route(raw: Tensor, ego: Tensor, route: Tensor, route_mask: Tens
     v0 = ego[:, 0]
     desired = MIN_DESIRED_SPEED + torch.nn.functional.softplus(
         torch.relu(v0) - MIN_DESIRED_SPEED + DESIRED_SPEED_SCALE * raw[:, 2 * horizon], beta=SPEED_SOFTNESS)
-    _, travelled = follow_speeds(push, desired, v0, leaders, dt)
+    travelled = follow_distances(push, desired, v0, leaders, dt)
     start, seg_start, length, direction, heading, end_dir, _ = poly or route_polyline(route, route_mask)
 
     # Where the ego is relative to the route's first point: along it and to its left.

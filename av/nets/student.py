@@ -5,7 +5,7 @@ padding and the order of slots), the route and the ego state through small MLPs;
 concatenation to a desired speed and, per output step, an acceleration and a lateral offset, decoded
 along the observed route (:mod:`av.nets.route_frame`): the small network learns how fast and how
 far off centre to drive, the route it sees gives the road's shape, and a car-following prior (IDM
-behind the agents observed in the ego's path, :func:`~av.nets.route_frame.follow_speeds`) keeps
+behind the agents observed in the ego's path, :func:`~av.nets.route_frame.follow_distances`) keeps
 the gap to a leader unless the network asks for more braking. For the same reason every agent (and the
 ego) is also described in route coordinates computed inside the network from the observed
 features: arc length ahead, lateral offset, velocity along and across the route, heading relative
