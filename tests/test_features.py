@@ -124,7 +124,8 @@ def test_student_follows_the_car_in_its_lane_and_sees_a_crossing_pedestrian_comi
     """The student's car-following prior (:func:`av.nets.student.route_view`) on the hand-made
     road: the lead car in the ego's lane is a leader at its bumper-to-bumper gap and speed, the
     car in the next lane is not; a pedestrian 4 m to the side walking towards the route at
-    1.5 m/s becomes one once the extrapolation brings it within reach of the path; an untrained
+    1.5 m/s becomes one once the extrapolation brings it within reach of the path (and one in
+    the path walking out of it stays one); an untrained
     student with zero outputs stops behind a stopped car."""
     f = _features()
     H, dt = 16, 0.5
@@ -143,6 +144,9 @@ def test_student_follows_the_car_in_its_lane_and_sees_a_crossing_pedestrian_comi
     mask[0, ped] = True
     crossing = route_view(f.ego, agents, mask, f.route, f.route_mask, H, dt).leaders.weight[0, :, ped]
     assert float(crossing[0]) == 0 and float(crossing[-1]) == 1  # 4 - 0.35 m off now, 1 m in 2 s
+    agents[0, ped, 1] = 0.5  # in the path now, walking out of it: stays a leader
+    leaving = route_view(f.ego, agents, mask, f.route, f.route_mask, H, dt).leaders.weight[0, :, ped]
+    assert bool((leaving == 1).all())
     student = StudentNet(SPEC).eval()
     with torch.no_grad():
         student.head[-1].weight.zero_()

@@ -57,7 +57,7 @@ def route_view(ego: Tensor, agents: Tensor, agent_mask: Tensor, route: Tensor, r
     ``[B, N]`` and ``route`` features, and the :class:`Leaders` for ``horizon`` steps of ``dt`` s
     (agents seen at the newest sample in the ego's path, with their speed along the route, never
     negative; an agent moving across the route enters the path where its lateral offset,
-    extrapolated for at most ``LATERAL_LOOKAHEAD``, reaches it)."""
+    extrapolated for at most ``LATERAL_LOOKAHEAD``, reaches it; one in the path stays in it)."""
     B = agents.shape[0]
     poly = route_polyline(route, route_mask)
     origin = torch.zeros(B, 1, 2, dtype=agents.dtype, device=agents.device)
@@ -82,10 +82,11 @@ def route_view(ego: Tensor, agents: Tensor, agent_mask: Tensor, route: Tensor, r
     t = torch.arange(horizon, dtype=agents.dtype, device=agents.device) * dt  # start of each step
     lookahead = LATERAL_LOOKAHEAD - torch.relu(LATERAL_LOOKAHEAD - t)  # min(t, LATERAL_LOOKAHEAD)
     d_then = d[:, None] + _cross(u, v)[:, None] * lookahead[None, :, None]  # [B, H, N]
-    reach = d_then.abs() - half_lat[:, None]
+    # In the path now, or entering it by the extrapolation (one in the path stays a leader: the
+    # ego does not start on the guess that it will have left).
+    in_path = (d_then.abs() - half_lat[:, None] < LANE_HALF_WIDTH) | (d.abs() - half_lat < LANE_HALF_WIDTH)[:, None]
     beside_ok = (gap > 0) | ((d - d_ego).abs() - half_lat < 0.5 * ego[:, 5:6])
-    now = agent_mask & (seen > 0.5) & (ahead > 0) & beside_ok
-    flag = now[:, None] & (reach < LANE_HALF_WIDTH)
+    flag = (agent_mask & (seen > 0.5) & (ahead > 0) & beside_ok)[:, None] & in_path
     leaders = Leaders(gap, torch.relu(v_along), flag.to(agents.dtype))
     return RouteView(ego_route, agent_route, leaders, poly)
 
