@@ -28,7 +28,7 @@ from av import idm
 from av.batch import ScenarioBatch
 from av.geometry import wrap_angle
 from av.types import AgentType
-from closedloop.sim.pairs import nearby_pairs
+from closedloop.sim.pairs import Sweep, along, nearby_pairs
 
 #: Agents whose whole logged path is shorter (m) replay the log (parked cars stay still).
 MIN_PATH_LENGTH = 2.0
@@ -180,9 +180,9 @@ def at_step(x: Tensor, t: Tensor) -> Tensor:
 
 
 def take_rows(table: Tensor, idx: Tensor) -> Tensor:
-    """``table[idx]`` for ``table`` ``[R, C]`` and ``idx`` long ``[K]`` (a gather: the fastest
-    row lookup on CPU)."""
-    return table.gather(0, idx[:, None].expand(-1, table.shape[1]))
+    """``table[idx]`` for ``table`` ``[R, C]`` and ``idx`` long ``[K]`` (``index_select``: the
+    fastest row lookup on CPU, ahead of ``gather`` and advanced indexing)."""
+    return table.index_select(0, idx)
 
 
 def log_states(batch: ScenarioBatch, valid_by_step: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -266,6 +266,7 @@ def leader_pressure(
     body_sizes: Tensor,
     body_valid: Tensor,
     params: IDMParams,
+    sweep: Sweep,
 ) -> Tensor:
     """IDM interaction ``max_j max(0, (s*_ij / gap_ij)^2 - 1)`` ``[B, N]`` with what is ahead.
 
@@ -275,7 +276,8 @@ def leader_pressure(
       are evaluated (the others get 0).
     * ``bodies`` ``[B, M, 5]`` everything that can block (x, y, yaw, vx, vy; box centres),
       ``body_sizes`` ``[B, M, 2]``, ``body_valid`` ``[B, M]``. An agent never blocks itself
-      (its own centre is not ahead of its front bumper).
+      (its own centre is not ahead of its front bumper). ``sweep``: the broad phase's axis and
+      a bound on the bodies' bounding radii (:func:`~closedloop.sim.pairs.make_sweep`).
 
     ``s*`` is IDM's desired gap (:func:`av.idm.desired_gap`) ``s0 + max(0, v T + v (v - v_lead) / (2 sqrt(a b)))`` with
     ``v_lead`` the obstacle's velocity along the path; ``gap`` the bumper-to-box
@@ -284,7 +286,8 @@ def leader_pressure(
     one closing in on a slower or stopped obstacle brakes ever harder as the gap shrinks.
 
     Broad phase, listed sparsely so that its cost follows the valid agents, not the padding:
-    each active agent against the valid bodies of its scenario within reach along x
+    each active agent against the valid bodies of its scenario whose centres fall, along the
+    scenario's sweep axis, within the extent of the region ahead of it
     (:func:`~closedloop.sim.pairs.nearby_pairs`); only pairs inside a box (in the agent's
     frame) that provably contains every blocking pair (ahead within the look-ahead; laterally
     within the arc's bend ``|k| lon^2`` plus both boxes' half-extents) get the exact test
@@ -298,18 +301,25 @@ def leader_pressure(
     # Per active row: position, heading, and the window (1 cm of slack for rounding).
     hl, look = 0.5 * sizes[..., 0], 20.0 + 6.0 * speed
     mid, half = hl + 0.5 * look, 0.5 * look + 0.01
-    # Bound on the bodies' bounding radii (from the longest and the widest body).
-    reach = 0.5 * sizes[..., 1] + 0.5 * torch.hypot(body_sizes[..., 0].amax(1), body_sizes[..., 1].amax(1))[:, None]
+    reach = 0.5 * sizes[..., 1] + sweep.radius[:, None]
     k_max = curvature.abs().amax(-1)
     lat_bound = torch.where(k_max * reach < 0.5, k_max * (hl + look + reach).square() + reach,
                             torch.full_like(k_max, math.inf)) + 0.01
     yaw = agents[..., 2]
-    per_row = take_rows(torch.stack([agents[..., 0], agents[..., 1], torch.cos(yaw), torch.sin(yaw), mid, half,
-                                     lat_bound], -1).reshape(B * N, 7), rows)
-    # |dx| <= |lon| + |lat| < mid + half + lat_bound inside the window.
-    k, col = nearby_pairs(rows.div(N, rounding_mode="floor"), per_row[:, 0], per_row[:, 4:].sum(1), body_valid,
-                          bodies[..., 0])
-    ax, ay, c, s, mid, half, lat_bound = take_rows(per_row, k).unbind(1)
+    c, s = torch.cos(yaw), torch.sin(yaw)
+    # The window along each scenario's sweep axis: the extent of the rectangle (in the agent's
+    # frame) lon in mid +- half, |lat| < lat_bound, i.e. centre + mid (c, s) and half-extent
+    # half |heading . axis| + lat_bound |normal . axis| (the axis is x or y: one term each).
+    on_y = sweep.axis[:, None, 1] > 0
+    centre = torch.where(on_y, agents[..., 1] + mid * s, agents[..., 0] + mid * c)
+    c_abs, s_abs = c.abs(), s.abs()
+    across = torch.where(on_y, c_abs, s_abs)
+    extent = half * torch.where(on_y, s_abs, c_abs) + torch.where(across > 0, lat_bound * across, 0.0)
+    per_row = take_rows(torch.stack([agents[..., 0], agents[..., 1], c, s, mid, half, lat_bound, centre, extent],
+                                    -1).reshape(B * N, 9), rows)
+    k, col = nearby_pairs(rows.div(N, rounding_mode="floor"), per_row[:, 7], per_row[:, 8], body_valid,
+                          along(bodies[..., :2], sweep.axis))
+    ax, ay, c, s, mid, half, lat_bound = take_rows(per_row[:, :7], k).unbind(1)
     xy = take_rows(bodies.reshape(B * M, -1)[:, :2], col)
     dx, dy = xy[:, 0] - ax, xy[:, 1] - ay
     near = (((dx * c + dy * s - mid).abs() < half) & ((dy * c - dx * s).abs() < lat_bound)).nonzero().squeeze(1)

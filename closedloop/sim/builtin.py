@@ -24,6 +24,7 @@ from av.vehicle import VehicleLimits, VehicleState, bicycle_step, ego_box
 from closedloop.sim import agents as agent_model
 from closedloop.sim.base import SimConfig, Snapshot
 from closedloop.sim.collision import collision_flags
+from closedloop.sim.pairs import Sweep, make_sweep
 from closedloop.sim.vehicle import GainTable, Plan, make_plan, place_on_plan, track
 
 
@@ -40,6 +41,9 @@ class SimStatic:
     * ``collision_rows`` long ``[B, C]``: the boxes (0 = ego, ``1 + n`` = agent ``n``) tested
       against all others every step; ``collision_row_valid`` bool ``[B, C]``: which slots hold one
       (:func:`~closedloop.sim.collision.overlapping_pairs`).
+    * ``body_sizes`` ``[B, 1 + N, 2]``: (length, width) of the ego (body 0) and the agents (m);
+      ``sweep``: the candidate-pair search's axis and radius bound per scenario
+      (:func:`~closedloop.sim.pairs.make_sweep`, from the logged ego path and the agents at the start).
     """
 
     batch: ScenarioBatch
@@ -51,6 +55,8 @@ class SimStatic:
     gains: GainTable
     collision_rows: Tensor
     collision_row_valid: Tensor
+    body_sizes: Tensor
+    sweep: Sweep
 
     @property
     def wheelbase(self) -> Tensor:
@@ -152,10 +158,10 @@ def _collisions(static: SimStatic, ego: VehicleState, agents: Tensor, valid: Ten
     """Ego-agent overlaps, and in reactive mode overlaps of the reactive agents with any agent
     (contacts between two log-replayed agents are the log's own)."""
     batch = static.batch
-    boxes = torch.cat([_ego_box(ego, batch.ego_dims)[:, None],
-                       torch.cat([agents[..., :3], batch.agent_sizes], -1)], 1)
+    poses = torch.cat([_ego_box(ego, batch.ego_dims)[:, None, :3], agents[..., :3]], 1)
     body_valid = torch.cat([ego_valid[:, None], valid], 1)
-    return collision_flags(boxes, body_valid, static.collision_rows, static.collision_row_valid)
+    return collision_flags(torch.cat([poses, static.body_sizes], -1), body_valid, static.collision_rows,
+                           static.collision_row_valid, static.sweep)
 
 
 class BuiltinSimulator:
@@ -190,14 +196,17 @@ class BuiltinSimulator:
         if cfg.agents == "idm":
             rows = torch.cat([rows, paths.index + 1], 1)
             row_valid = torch.cat([row_valid, paths.slot], 1)
+        valid_by_step = batch.agent_valid.transpose(1, 2).contiguous()
+        agents, valid = agent_model.log_states(batch, valid_by_step, start)
+        body_sizes = torch.cat([batch.ego_dims[:, None, :2], batch.agent_sizes], 1)
+        sweep = make_sweep(torch.cat([batch.ego[..., :2], agents[..., :2]], 1),
+                           torch.cat([batch.step_valid, valid], 1), body_sizes)
         static = SimStatic(
-            batch=batch, config=cfg, start=start, last=last, paths=paths,
-            valid_by_step=batch.agent_valid.transpose(1, 2).contiguous(),
+            batch=batch, config=cfg, start=start, last=last, paths=paths, valid_by_step=valid_by_step,
             gains=GainTable.build(batch.dt, batch.ego.dtype, str(dev)),
-            collision_rows=rows, collision_row_valid=row_valid,
+            collision_rows=rows, collision_row_valid=row_valid, body_sizes=body_sizes, sweep=sweep,
         )
         ego = _ego_from_log(batch, start)
-        agents, valid = agent_model.log_states(batch, static.valid_by_step, start)
         ego_hit, agent_hit = _collisions(static, ego, agents, valid, torch.ones(B, dtype=torch.bool, device=dev))
         agent_s = agent_model.path_length_at(static.paths, start)
         agent_speed = agent_model.logged_speed(static.paths, start)
@@ -250,7 +259,6 @@ class BuiltinSimulator:
             agents, agent_s, agent_speed, curvature = self._react(state, ego, log_next, valid_next, s_log, v_log)
         else:
             agents, agent_s, agent_speed, curvature = log_next, s_log, v_log, state.agent_curvature
-        agents = agents * valid_next[..., None]
         ego_hit, agent_hit = _collisions(static, new_ego, agents, valid_next, t_next <= static.last)
         return SimState(
             step=state.step + 1, t=t_next, ego=new_ego, agents=agents, agent_valid=valid_next,
@@ -269,12 +277,11 @@ class BuiltinSimulator:
         box, ego5 = _ego_box(ego, batch.ego_dims), ego.state5()
         ego_body = torch.cat([box[:, :3], ego5[:, 3:5]], 1)  # box centre, yaw, velocity
         bodies = torch.cat([ego_body[:, None], state.agents], 1)  # [B, 1 + N, 5]
-        body_sizes = torch.cat([batch.ego_dims[:, None, :2], batch.agent_sizes], 1)
         body_valid = torch.cat([(state.t <= static.last)[:, None], state.agent_valid], 1)
         present = paths.slot & _slots(state.agent_valid, index)
         pressure = agent_model.leader_pressure(
             _slots(state.agents, index)[..., :3], _slots(batch.agent_sizes, index), state.agent_speed,
-            state.agent_curvature, present, bodies, body_sizes, body_valid, self.idm,
+            state.agent_curvature, present, bodies, static.body_sizes, body_valid, self.idm, static.sweep,
         )
         v_now = agent_model.logged_speed(paths, state.t)
         speed, dist = agent_model.idm_speed_update(state.agent_speed, v_now, v_log, pressure, self.idm, batch.dt)
