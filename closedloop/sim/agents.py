@@ -290,7 +290,8 @@ def leader_pressure(
     scenario's sweep axis, within the extent of the region ahead of it
     (:func:`~closedloop.sim.pairs.nearby_pairs`); only pairs inside a box (in the agent's
     frame) that provably contains every blocking pair (ahead within the look-ahead; laterally
-    within the arc's bend ``|k| lon^2`` plus both boxes' half-extents) get the exact test
+    within the arc's bend ``|k| lon^2`` plus the agent's half-width and the body's bounding
+    radius) get the exact test
     (:func:`pair_pressure`).
     """
     B, N, _ = agents.shape
@@ -315,14 +316,19 @@ def leader_pressure(
     c_abs, s_abs = c.abs(), s.abs()
     across = torch.where(on_y, c_abs, s_abs)
     extent = half * torch.where(on_y, s_abs, c_abs) + torch.where(across > 0, lat_bound * across, 0.0)
-    per_row = take_rows(torch.stack([agents[..., 0], agents[..., 1], c, s, mid, half, lat_bound, centre, extent],
+    # Per pair, the lateral bound takes the body's own bounding radius in place of the bound on
+    # the scenario's (the bend term keeps the larger one: still a bound).
+    lat_own = lat_bound - sweep.radius[:, None]
+    per_row = take_rows(torch.stack([agents[..., 0], agents[..., 1], c, s, mid, half, lat_own, centre, extent],
                                     -1).reshape(B * N, 9), rows)
     k, col = nearby_pairs(rows.div(N, rounding_mode="floor"), per_row[:, 7], per_row[:, 8], body_valid,
                           along(bodies[..., :2], sweep.axis))
-    ax, ay, c, s, mid, half, lat_bound = take_rows(per_row[:, :7], k).unbind(1)
+    ax, ay, c, s, mid, half, lat_own = take_rows(per_row[:, :7], k).unbind(1)
     xy = take_rows(bodies.reshape(B * M, -1)[:, :2], col)
+    radius = 0.5 * torch.hypot(body_sizes[..., 0], body_sizes[..., 1])
     dx, dy = xy[:, 0] - ax, xy[:, 1] - ay
-    near = (((dx * c + dy * s - mid).abs() < half) & ((dy * c - dx * s).abs() < lat_bound)).nonzero().squeeze(1)
+    near = (((dx * c + dy * s - mid).abs() < half)
+            & ((dy * c - dx * s).abs() < lat_own + radius.reshape(-1).take(col))).nonzero().squeeze(1)
     return pair_pressure(agents, sizes, speed, curvature, bodies, body_sizes, body_valid,
                          rows.take(k.take(near)), col.take(near), params)
 
