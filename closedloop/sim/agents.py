@@ -36,8 +36,8 @@ MIN_PATH_LENGTH = 2.0
 PATH_EXTENSION = 1000.0
 #: Distances (m) over which the mean curvature of each path ahead is tabulated.
 CURVATURE_REACH = (5.0, 10.0, 20.0, 40.0)
-#: A distance (m) far outside any scene, used to move masked items out of a broad phase.
-FAR = 1.0e7
+#: Candidate agents examined at once when the paths are built (bounds the transient memory).
+BUILD_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,20 @@ def _interpolate_yaw(yaw: Tensor, flat: Tensor, frac: Tensor) -> Tensor:
     return wrap_angle(y0 + frac * wrap_angle(y1 - y0))
 
 
+def _curvature_ahead(s: Tensor, yaw: Tensor) -> Tensor:
+    """Mean curvature ``[K, P, C]`` (1/m) of paths ahead of each of their points over each
+    distance of ``CURVATURE_REACH``: the heading change over the distance, divided by it; ``s``
+    ``[K, P]`` arc lengths (m, non-decreasing), ``yaw`` ``[K, P]`` headings (rad)."""
+    K, P = s.shape
+    reach = torch.tensor(CURVATURE_REACH, dtype=yaw.dtype, device=yaw.device)
+    C = len(CURVATURE_REACH)
+    flat, frac = _segments(s, (s[..., None] + reach).reshape(K, P * C))
+    flat_yaw = yaw.reshape(K * P)
+    turn = wrap_angle(torch.cat([flat_yaw[1:] - flat_yaw[:-1], flat_yaw.new_zeros(1)]))  # each segment's, once
+    yaw_ahead = wrap_angle(flat_yaw.take(flat) + frac[:, 0] * turn.take(flat)).reshape(K, P, C)
+    return wrap_angle(yaw_ahead - yaw[..., None]) / reach
+
+
 def build_paths(batch: ScenarioBatch) -> AgentPaths:
     """The logged paths of the reactive agents of ``batch`` (see :class:`AgentPaths`).
 
@@ -125,12 +139,25 @@ def build_paths(batch: ScenarioBatch) -> AgentPaths:
     types = batch.agent_types
     moving_kind = (types == int(AgentType.VEHICLE)) | (types == int(AgentType.CYCLIST))
     candidate = moving_kind.reshape(-1).nonzero().squeeze(1)  # flat b * N + n, ascending
-    valid = batch.agent_valid.reshape(B * N, T)[candidate]
     states = batch.agents.reshape(B * N, T, batch.agents.shape[-1])  # explicit width: N may be 0
-    pose = _fill_invalid(states.index_select(0, candidate)[..., :3], valid)
-    seg = (pose[:, 1:, :2] - pose[:, :-1, :2]).norm(dim=-1)
+    all_valid = batch.agent_valid.reshape(B * N, T)
+    # In chunks of candidates, keeping the reactive ones only: the transient memory stays small.
+    kept: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+    for chunk in candidate.split(BUILD_CHUNK):
+        valid = all_valid.index_select(0, chunk)
+        pose = _fill_invalid(states.index_select(0, chunk)[..., :3], valid)
+        seg = (pose[:, 1:, :2] - pose[:, :-1, :2]).norm(dim=-1)
+        keep = (seg.sum(-1) >= MIN_PATH_LENGTH).nonzero().squeeze(1)
+        kept.append((chunk.take(keep), pose.index_select(0, keep), seg.index_select(0, keep),
+                     valid.index_select(0, keep)))
+    if kept:
+        agent_ids, pose, seg, valid = (torch.cat(x) for x in zip(*kept))
+    else:
+        agent_ids = candidate
+        pose, seg = batch.agents.new_zeros(0, T, 3), batch.agents.new_zeros(0, T - 1)
+        valid = batch.agent_valid.new_zeros(0, T)
     reactive = torch.zeros(B * N, dtype=torch.bool, device=types.device)
-    reactive[candidate] = seg.sum(-1) >= MIN_PATH_LENGTH
+    reactive[agent_ids] = True
     reactive = reactive.reshape(B, N)
     order = torch.sort((~reactive).to(torch.uint8), dim=1, stable=True).indices
     R = int(reactive.sum(1).max()) if reactive.numel() else 0
@@ -138,7 +165,7 @@ def build_paths(batch: ScenarioBatch) -> AgentPaths:
     slot = reactive.gather(1, index)
     path_slot = slot.reshape(-1).nonzero().squeeze(1)
     agent = (index + torch.arange(B, device=index.device)[:, None] * N).reshape(-1)[path_slot]
-    pick = torch.searchsorted(candidate, agent)  # each path's row among the candidates
+    pick = torch.searchsorted(agent_ids, agent)  # each path's row among the reactive agents
     pose, seg, valid = pose[pick], seg[pick], valid[pick]
 
     s = torch.cat([torch.zeros_like(seg[:, :1]), seg.cumsum(-1)], -1)
@@ -155,14 +182,9 @@ def build_paths(batch: ScenarioBatch) -> AgentPaths:
     speed = torch.where(torch.cat([none, both], -1), arrive, leave * torch.cat([both, none], -1))
     pose = torch.cat([pose, ext[:, None]], 1)
     s = torch.cat([s, s[:, -1:] + PATH_EXTENSION], 1).contiguous()
-    K, P = s.shape
-    reach = torch.tensor(CURVATURE_REACH, dtype=pose.dtype, device=pose.device)
-    C = len(CURVATURE_REACH)
-    flat, frac = _segments(s, (s[..., None] + reach).reshape(K, P * C))
-    yaw = pose[..., 2].reshape(K * P)
-    turn = wrap_angle(torch.cat([yaw[1:] - yaw[:-1], yaw.new_zeros(1)]))  # each segment's, once
-    yaw_ahead = wrap_angle(yaw.take(flat) + frac[:, 0] * turn.take(flat)).reshape(K, P, C)
-    curvature = wrap_angle(yaw_ahead - pose[..., 2:3]) / reach
+    curvature = torch.cat([_curvature_ahead(s_part, yaw_part) for s_part, yaw_part in
+                           zip(s.split(BUILD_CHUNK), pose[..., 2].split(BUILD_CHUNK))]) if s.shape[0] else \
+        pose.new_zeros(0, s.shape[1], len(CURVATURE_REACH))
     return AgentPaths(reactive=reactive, index=index, slot=slot, path_slot=path_slot,
                       points=torch.cat([pose, curvature], -1).contiguous(), s=s, speed=speed.contiguous())
 
