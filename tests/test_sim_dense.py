@@ -5,6 +5,7 @@ variants; and ``av bench sim --store`` reports the real-window figures."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def dense_states(real_scenarios: list[Scenario]) -> list[SimState]:
 def _sweeps(state: SimState) -> list[Sweep]:
     """The simulator's sweep of ``state`` and the one along the other axis (same pairs, other speed)."""
     sweep = state.static.sweep
-    return [sweep, Sweep(axis=sweep.axis.flip(1), radius=sweep.radius)]
+    return [sweep, replace(sweep, axis=sweep.axis.flip(1))]
 
 
 def _leader_inputs(state: SimState) -> tuple[torch.Tensor, ...]:

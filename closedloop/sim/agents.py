@@ -299,7 +299,7 @@ def leader_pressure(
     * ``bodies`` ``[B, M, 5]`` everything that can block (x, y, yaw, vx, vy; box centres),
       ``body_sizes`` ``[B, M, 2]``, ``body_valid`` ``[B, M]``. An agent never blocks itself
       (its own centre is not ahead of its front bumper). ``sweep``: the broad phase's axis and
-      a bound on the bodies' bounding radii (:func:`~closedloop.sim.pairs.make_sweep`).
+      the bodies' bounding radii (:func:`~closedloop.sim.pairs.make_sweep` of these bodies).
 
     ``s*`` is IDM's desired gap (:func:`av.idm.desired_gap`) ``s0 + max(0, v T + v (v - v_lead) / (2 sqrt(a b)))`` with
     ``v_lead`` the obstacle's velocity along the path; ``gap`` the bumper-to-box
@@ -347,10 +347,9 @@ def leader_pressure(
                           along(bodies[..., :2], sweep.axis))
     ax, ay, c, s, mid, half, lat_own = take_rows(per_row[:, :7], k).unbind(1)
     xy = take_rows(bodies.reshape(B * M, -1)[:, :2], col)
-    radius = 0.5 * torch.hypot(body_sizes[..., 0], body_sizes[..., 1])
     dx, dy = xy[:, 0] - ax, xy[:, 1] - ay
     near = (((dx * c + dy * s - mid).abs() < half)
-            & ((dy * c - dx * s).abs() < lat_own + radius.reshape(-1).take(col))).nonzero().squeeze(1)
+            & ((dy * c - dx * s).abs() < lat_own + sweep.body_radius.reshape(-1).take(col))).nonzero().squeeze(1)
     return pair_pressure(agents, sizes, speed, curvature, bodies, body_sizes, body_valid,
                          rows.take(k.take(near)), col.take(near), params)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from av.checks import bounding_radius, box_overlap
+from av.checks import box_overlap
 from closedloop.sim.agents import take_rows
 from closedloop.sim.pairs import Sweep, along, nearby_pairs
 
@@ -21,7 +21,8 @@ def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Ten
     ``boxes`` ``[B, M, 5]``, ``valid`` bool ``[B, M]``; ``rows`` long ``[B, R]``: the boxes tested
     against every other box (distinct within a scenario), ``row_valid`` bool ``[B, R]`` (padding
     slots False). Each pair once: a box that is itself a row pairs only with the rows before it.
-    ``sweep``: the broad phase's axis and radius bound (:func:`~closedloop.sim.pairs.make_sweep`).
+    ``sweep``: the broad phase's axis and the boxes' bounding radii
+    (:func:`~closedloop.sim.pairs.make_sweep` of these boxes).
 
     Candidates are listed sparsely by sort-and-sweep (:func:`~closedloop.sim.pairs.nearby_pairs`):
     each valid row box against the valid boxes of its scenario within reach along the scenario's
@@ -40,16 +41,16 @@ def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Ten
     flat = boxes.reshape(B * M, 5)
     b_row = row_flat.div(M, rounding_mode="floor")
     # Reach along the axis: the row's bounding radius plus the bound on its scenario's.
-    row_box = take_rows(flat, row_flat)
+    radius = sweep.body_radius.reshape(-1)
     u = along(boxes[..., :2], sweep.axis)
-    k, col = nearby_pairs(b_row, u.reshape(-1).take(row_flat), bounding_radius(row_box[:, 3:5]) + sweep.radius.take(b_row),
+    k, col = nearby_pairs(b_row, u.reshape(-1).take(row_flat), radius.take(row_flat) + sweep.radius.take(b_row),
                           valid, u)
     row = row_flat.take(k)
     is_row = torch.zeros(B, M, dtype=torch.bool, device=rows.device).scatter_(1, rows, row_valid).reshape(-1)
     keep = ((col != row) & ((col > row) | ~is_row.take(col))).nonzero().squeeze(1)
     row, col = row.take(keep), col.take(keep)
-    a, o = take_rows(flat, row), take_rows(flat, col)
-    close = (o[:, :2] - a[:, :2]).square().sum(-1) <= (bounding_radius(a[:, 3:5]) + bounding_radius(o[:, 3:5])).square()
+    xy = flat[:, :2]
+    close = (take_rows(xy, col) - take_rows(xy, row)).square().sum(-1) <= (radius.take(row) + radius.take(col)).square()
     keep = close.nonzero().squeeze(1)
     lo, hi = torch.minimum(row, col).take(keep), torch.maximum(row, col).take(keep)
     if lo.numel() == 0:

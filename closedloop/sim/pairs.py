@@ -22,11 +22,12 @@ class Sweep:
     """The broad phase's per-scenario settings, fixed for a run (:func:`make_sweep`).
 
     * ``axis`` ``[B, 2]``: the unit vector, exactly (1, 0) or (0, 1), of the coordinate swept.
-    * ``radius`` ``[B]`` (m): a bound on the bounding radius of every body of the scenario (that
-      of a box as long as its longest and as wide as its widest body).
+    * ``body_radius`` ``[B, M]`` (m): the bounding radius of each body (0 for padding);
+      ``radius`` ``[B]`` (m): the largest, a bound for every body of the scenario.
     """
 
     axis: Tensor
+    body_radius: Tensor
     radius: Tensor
 
 
@@ -40,7 +41,8 @@ def make_sweep(xy: Tensor, valid: Tensor, sizes: Tensor) -> Sweep:
     spread = torch.where(mask, xy, -inf).amax(1) - torch.where(mask, xy, inf).amin(1)  # [B, 2]; -inf if none
     along_y = spread[:, 1] > spread[:, 0]
     axis = torch.stack([~along_y, along_y], 1).to(xy.dtype)
-    return Sweep(axis=axis, radius=0.5 * torch.hypot(sizes[..., 0].amax(1), sizes[..., 1].amax(1)))
+    body_radius = 0.5 * torch.hypot(sizes[..., 0], sizes[..., 1])
+    return Sweep(axis=axis, body_radius=body_radius, radius=body_radius.amax(1))
 
 
 def along(xy: Tensor, axis: Tensor) -> Tensor:
