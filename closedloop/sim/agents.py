@@ -68,13 +68,15 @@ class AgentPaths:
     The paths are stored for the ``K`` slots that hold a reactive agent only (no padding):
     ``path_slot`` long ``[K]`` is the flat slot ``b * R + r`` of each, ascending.
 
-    * ``points`` ``[K, T + 1, 3 + C]``: box-centre (x, y, yaw) along the path (invalid steps
-      hold the nearest valid pose; the last point is the straight extension), then the mean
-      curvature (1/m) of the path ahead of each point over each of the ``C`` distances of
-      ``CURVATURE_REACH``.
-    * ``s`` ``[K, T + 1]`` arc length along the path (m), non-decreasing.
-    * ``speed`` ``[K, T]`` logged arc-length speed (m/s) of the step arriving at each step
-      (of the step leaving it where the agent just appeared; 0 where it is alone or invalid).
+    * ``points`` ``[T + 1, K, 3 + C]`` (time-major: agents near their logged place at one step
+      read nearby rows): box-centre (x, y, yaw) along the path (invalid steps hold the nearest
+      valid pose; the last point is the straight extension), then the mean curvature (1/m) of
+      the path ahead of each point over each of the ``C`` distances of ``CURVATURE_REACH``.
+    * ``s`` ``[K, T + 1]`` arc length along the path (m), non-decreasing; ``s_by_step``
+      ``[T + 1, K]`` the same laid out time-major (one step's values are contiguous).
+    * ``speed`` ``[T, K]`` (time-major) logged arc-length speed (m/s) of the step arriving at
+      each step (of the step leaving it where the agent just appeared; 0 where it is alone or
+      invalid).
     """
 
     reactive: Tensor
@@ -83,6 +85,7 @@ class AgentPaths:
     path_slot: Tensor
     points: Tensor
     s: Tensor
+    s_by_step: Tensor
     speed: Tensor
 
 
@@ -108,12 +111,6 @@ def _segments(knots: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
     flat = (i + torch.arange(K, device=knots.device)[:, None] * P).reshape(-1)
     s0, s1 = knots.reshape(-1).take(flat), knots.reshape(-1).take(flat + 1)
     return flat, ((query.reshape(-1) - s0) / (s1 - s0).clamp_min(1e-6)).clamp(0.0, 1.0)[:, None]
-
-
-def _interpolate_yaw(yaw: Tensor, flat: Tensor, frac: Tensor) -> Tensor:
-    """Yaw ``[K * Q, 1]`` interpolated along the shorter way round; ``yaw`` ``[K * P, 1]``."""
-    y0, y1 = take_rows(yaw, flat), take_rows(yaw, flat + 1)
-    return wrap_angle(y0 + frac * wrap_angle(y1 - y0))
 
 
 def _curvature_ahead(s: Tensor, yaw: Tensor) -> Tensor:
@@ -186,19 +183,18 @@ def build_paths(batch: ScenarioBatch) -> AgentPaths:
                            zip(s.split(BUILD_CHUNK), pose[..., 2].split(BUILD_CHUNK))]) if s.shape[0] else \
         pose.new_zeros(0, s.shape[1], len(CURVATURE_REACH))
     return AgentPaths(reactive=reactive, index=index, slot=slot, path_slot=path_slot,
-                      points=torch.cat([pose, curvature], -1).contiguous(), s=s, speed=speed.contiguous())
+                      points=torch.cat([pose, curvature], -1).transpose(0, 1).contiguous(), s=s,
+                      s_by_step=s.t().contiguous(),
+                      speed=speed.t().contiguous())
 
 
-def at_step(x: Tensor, t: Tensor) -> Tensor:
-    """``x[b, :, t[b]]`` ``[B, N, ...]`` of a per-step tensor ``x`` ``[B, N, T, ...]`` (agents or
-    slots), ``t`` long
-    ``[B]`` clamped into ``[0, T)`` (one flat ``index_select``)."""
-    B, N, T = x.shape[:3]
-    if x.numel() == 0:
-        return x.new_zeros(B, N, *x.shape[3:])
-    rows = torch.arange(B * N, device=x.device).reshape(B, N) * T
-    flat = (rows + t.clamp(0, T - 1)[:, None]).reshape(-1)
-    return take_rows(x.reshape(B * N * T, -1), flat).reshape(B, N, *x.shape[3:])
+def _at_path_step(table: Tensor, steps: Tensor) -> Tensor:
+    """``table[steps[k], k]`` ``[K]`` of a time-major per-path table ``[S, K]``, ``steps`` long
+    ``[K]`` clamped into ``[0, S)``: at one step the reads are nearly contiguous."""
+    S, K = table.shape
+    if S == 0:
+        return table.new_zeros(K)
+    return table.reshape(-1).take(steps.clamp(0, S - 1) * K + torch.arange(K, device=table.device))
 
 
 def take_rows(table: Tensor, idx: Tensor) -> Tensor:
@@ -242,14 +238,14 @@ def _path_steps(paths: AgentPaths, t: Tensor) -> Tensor:
 def path_length_at(paths: AgentPaths, t: Tensor) -> Tensor:
     """Logged arc length ``[B, R]`` of each slot's agent at step ``t`` ``[B]`` (0 in slots
     without a reactive agent)."""
-    return _to_slots(paths, at_step(paths.s[:, None], _path_steps(paths, t))[:, 0])
+    return _to_slots(paths, _at_path_step(paths.s_by_step, _path_steps(paths, t)))
 
 
 def logged_speed(paths: AgentPaths, t: Tensor) -> Tensor:
     """Logged arc-length speed ``[B, R]`` (m/s) of each slot's agent at step ``t`` ``[B]`` (0 past
     the end and in slots without a reactive agent)."""
     steps = _path_steps(paths, t)
-    return _to_slots(paths, at_step(paths.speed[:, None], steps)[:, 0] * (steps < paths.speed.shape[1]))
+    return _to_slots(paths, _at_path_step(paths.speed, steps) * (steps < paths.speed.shape[0]))
 
 
 def sample_path(paths: AgentPaths, s: Tensor) -> Tensor:
@@ -257,14 +253,16 @@ def sample_path(paths: AgentPaths, s: Tensor) -> Tensor:
     ``s`` ``[B, R, Q]``, interpolated linearly between the logged points (0 in slots without a
     reactive agent)."""
     B, R, Q = s.shape
-    K, _, F = paths.points.shape
+    P, K, F = paths.points.shape
     if K == 0 or Q == 0:
         return s.new_zeros(B, R, Q, F)
-    flat, frac = _segments(paths.s, s.reshape(B * R, Q)[paths.path_slot])
+    flat, frac = _segments(paths.s, s.reshape(B * R, Q)[paths.path_slot])  # flat k * P + i
+    path = flat.div(P, rounding_mode="floor")
+    row = (flat - path * P) * K + path  # point i of path k in the time-major table
     table = paths.points.reshape(-1, F)
-    p0, p1 = take_rows(table, flat), take_rows(table, flat + 1)
+    p0, p1 = take_rows(table, row), take_rows(table, row + K)
     out = p0 + frac * (p1 - p0)
-    yaw = _interpolate_yaw(table[:, 2:3], flat, frac)
+    yaw = wrap_angle(p0[:, 2:3] + frac * wrap_angle(p1[:, 2:3] - p0[:, 2:3]))  # the shorter way round
     return _to_slots(paths, torch.cat([out[:, :2], yaw, out[:, 3:]], 1).reshape(K, Q, F))
 
 
