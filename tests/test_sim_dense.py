@@ -21,7 +21,7 @@ from closedloop.planner import make_planner
 from closedloop.sim import BuiltinSimulator, SimState
 from closedloop.sim.agents import leader_pressure, pair_pressure
 from closedloop.sim.collision import overlapping_pairs
-from closedloop.sim.pairs import Sweep, nearby_pairs
+from closedloop.sim.pairs import Sweep, nearby_pairs, sort_items
 from scenarios.variants import generate_variants
 
 
@@ -83,6 +83,10 @@ def test_sparse_leader_search_equals_all_pairs_on_real_drives_and_variants(dense
             fast = leader_pressure(agents, sizes, speed, curvature, present, bodies, body_sizes, body_valid, sim.idm,
                                    sweep)
             assert torch.equal(fast, brute)
+        # the bodies the state keeps sorted (from its collision check) are the ones searched here
+        cached = leader_pressure(agents, sizes, speed, curvature, present, bodies, body_sizes, body_valid, sim.idm,
+                                 state.static.sweep, state.sorted_bodies)
+        assert torch.equal(cached, brute)
         leaders += int((brute > 0).sum())
     assert leaders >= 10  # the comparison covers agents that do brake for something ahead
 
@@ -119,7 +123,7 @@ def test_sweep_lists_every_item_within_reach_and_no_other_scenario() -> None:
     row_x = torch.rand(K, generator=gen) * 200.0 - 100.0
     reach = torch.rand(K, generator=gen) * 30.0
     reach[0] = float("inf")
-    k, item = nearby_pairs(row_b, row_x, reach, valid, x)
+    k, item = nearby_pairs(row_b, row_x, reach, sort_items(valid, x))
     got = set(zip(k.tolist(), item.tolist()))
     for r in range(K):
         b = int(row_b[r])

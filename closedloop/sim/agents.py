@@ -28,7 +28,7 @@ from av import idm
 from av.batch import ScenarioBatch
 from av.geometry import wrap_angle
 from av.types import AgentType
-from closedloop.sim.pairs import Sweep, along, nearby_pairs
+from closedloop.sim.pairs import SortedItems, Sweep, along, nearby_pairs, sort_items
 
 #: Agents whose whole logged path is shorter (m) replay the log (parked cars stay still).
 MIN_PATH_LENGTH = 2.0
@@ -287,6 +287,7 @@ def leader_pressure(
     body_valid: Tensor,
     params: IDMParams,
     sweep: Sweep,
+    sorted_bodies: SortedItems | None = None,
 ) -> Tensor:
     """IDM interaction ``max_j max(0, (s*_ij / gap_ij)^2 - 1)`` ``[B, N]`` with what is ahead.
 
@@ -297,7 +298,9 @@ def leader_pressure(
     * ``bodies`` ``[B, M, 5]`` everything that can block (x, y, yaw, vx, vy; box centres),
       ``body_sizes`` ``[B, M, 2]``, ``body_valid`` ``[B, M]``. An agent never blocks itself
       (its own centre is not ahead of its front bumper). ``sweep``: the broad phase's axis and
-      the bodies' bounding radii (:func:`~closedloop.sim.pairs.make_sweep` of these bodies).
+      the bodies' bounding radii (:func:`~closedloop.sim.pairs.make_sweep` of these bodies);
+      ``sorted_bodies``: the valid bodies sorted along it (:func:`~closedloop.sim.pairs.sort_items`;
+      sorted here when not given).
 
     ``s*`` is IDM's desired gap (:func:`av.idm.desired_gap`) ``s0 + max(0, v T + v (v - v_lead) / (2 sqrt(a b)))`` with
     ``v_lead`` the obstacle's velocity along the path; ``gap`` the bumper-to-box
@@ -341,8 +344,9 @@ def leader_pressure(
     lat_own = lat_bound - sweep.radius[:, None]
     per_row = take_rows(torch.stack([agents[..., 0], agents[..., 1], c, s, mid, half, lat_own, centre, extent],
                                     -1).reshape(B * N, 9), rows)
-    k, col = nearby_pairs(rows.div(N, rounding_mode="floor"), per_row[:, 7], per_row[:, 8], body_valid,
-                          along(bodies[..., :2], sweep.axis))
+    if sorted_bodies is None:
+        sorted_bodies = sort_items(body_valid, along(bodies[..., :2], sweep.axis))
+    k, col = nearby_pairs(rows.div(N, rounding_mode="floor"), per_row[:, 7], per_row[:, 8], sorted_bodies)
     ax, ay, c, s, mid, half, lat_own = take_rows(per_row[:, :7], k).unbind(1)
     xy = take_rows(bodies.reshape(B * M, -1)[:, :2], col)
     dx, dy = xy[:, 0] - ax, xy[:, 1] - ay

@@ -24,7 +24,7 @@ from av.vehicle import VehicleLimits, VehicleState, bicycle_step, ego_box
 from closedloop.sim import agents as agent_model
 from closedloop.sim.base import SimConfig, Snapshot
 from closedloop.sim.collision import collision_flags
-from closedloop.sim.pairs import Sweep, make_sweep
+from closedloop.sim.pairs import SortedItems, Sweep, along, make_sweep, sort_items
 from closedloop.sim.vehicle import GainTable, Plan, make_plan, place_on_plan, track
 
 
@@ -83,6 +83,9 @@ class SimState:
       ``agent_collision`` bool ``[B, N]``: agent ``n`` overlaps another agent now, in a pair with
       at least one reactive agent (so all False in log mode: contacts between log-replayed
       agents are the log's own, annotation overlaps included).
+    * ``sorted_bodies``: the valid bodies now (the ego's box, then the agents) sorted along each
+      scenario's sweep axis, shared by this step's collision check and the next step's leader
+      search (:func:`~closedloop.sim.pairs.sort_items`).
     * ``plan``: the trajectory being tracked (world frame) or ``None`` before the first one.
     * ``static``: the per-batch data (:class:`SimStatic`).
     """
@@ -97,6 +100,7 @@ class SimState:
     agent_curvature: Tensor
     ego_collision: Tensor
     agent_collision: Tensor
+    sorted_bodies: SortedItems
     plan: Plan | None
     static: SimStatic
 
@@ -154,14 +158,17 @@ def _ego_box(ego: VehicleState, dims: Tensor) -> Tensor:
 
 
 def _collisions(static: SimStatic, ego: VehicleState, agents: Tensor, valid: Tensor, ego_valid: Tensor
-                ) -> tuple[Tensor, Tensor]:
+                ) -> tuple[Tensor, Tensor, SortedItems]:
     """Ego-agent overlaps, and in reactive mode overlaps of the reactive agents with any agent
-    (contacts between two log-replayed agents are the log's own)."""
+    (contacts between two log-replayed agents are the log's own); and the valid bodies sorted
+    along the sweep axis (the state's ``sorted_bodies``)."""
     batch = static.batch
     poses = torch.cat([_ego_box(ego, batch.ego_dims)[:, None, :3], agents[..., :3]], 1)
     body_valid = torch.cat([ego_valid[:, None], valid], 1)
-    return collision_flags(torch.cat([poses, static.body_sizes], -1), body_valid, static.collision_rows,
-                           static.collision_row_valid, static.sweep)
+    bodies = sort_items(body_valid, along(poses[..., :2], static.sweep.axis))
+    ego_hit, agent_hit = collision_flags(torch.cat([poses, static.body_sizes], -1), body_valid, static.collision_rows,
+                                         static.collision_row_valid, static.sweep, bodies)
+    return ego_hit, agent_hit, bodies
 
 
 class BuiltinSimulator:
@@ -207,7 +214,7 @@ class BuiltinSimulator:
             collision_rows=rows, collision_row_valid=row_valid, body_sizes=body_sizes, sweep=sweep,
         )
         ego = _ego_from_log(batch, start)
-        ego_hit, agent_hit = _collisions(static, ego, agents, valid, torch.ones(B, dtype=torch.bool, device=dev))
+        ego_hit, agent_hit, bodies = _collisions(static, ego, agents, valid, torch.ones(B, dtype=torch.bool, device=dev))
         agent_s = agent_model.path_length_at(static.paths, start)
         agent_speed = agent_model.logged_speed(static.paths, start)
         if cfg.agents == "idm":
@@ -217,7 +224,7 @@ class BuiltinSimulator:
         return SimState(
             step=0, t=start, ego=ego, agents=agents, agent_valid=valid,
             agent_s=agent_s, agent_speed=agent_speed, agent_curvature=curvature,
-            ego_collision=ego_hit, agent_collision=agent_hit, plan=None, static=static,
+            ego_collision=ego_hit, agent_collision=agent_hit, sorted_bodies=bodies, plan=None, static=static,
         )
 
     def set_plan(self, state: SimState, trajectory: Trajectory) -> SimState:
@@ -259,11 +266,11 @@ class BuiltinSimulator:
             agents, agent_s, agent_speed, curvature = self._react(state, ego, log_next, valid_next, s_log, v_log)
         else:
             agents, agent_s, agent_speed, curvature = log_next, s_log, v_log, state.agent_curvature
-        ego_hit, agent_hit = _collisions(static, new_ego, agents, valid_next, t_next <= static.last)
+        ego_hit, agent_hit, bodies = _collisions(static, new_ego, agents, valid_next, t_next <= static.last)
         return SimState(
             step=state.step + 1, t=t_next, ego=new_ego, agents=agents, agent_valid=valid_next,
             agent_s=agent_s, agent_speed=agent_speed, agent_curvature=curvature,
-            ego_collision=ego_hit, agent_collision=agent_hit, plan=state.plan, static=static,
+            ego_collision=ego_hit, agent_collision=agent_hit, sorted_bodies=bodies, plan=state.plan, static=static,
         )
 
     def _react(self, state: SimState, ego: VehicleState, log_next: Tensor, valid_next: Tensor, s_log: Tensor,
@@ -282,6 +289,7 @@ class BuiltinSimulator:
         pressure = agent_model.leader_pressure(
             _slots(state.agents, index)[..., :3], _slots(batch.agent_sizes, index), state.agent_speed,
             state.agent_curvature, present, bodies, static.body_sizes, body_valid, self.idm, static.sweep,
+            state.sorted_bodies,
         )
         v_now = agent_model.logged_speed(paths, state.t)
         speed, dist = agent_model.idm_speed_update(state.agent_speed, v_now, v_log, pressure, self.idm, batch.dt)

@@ -12,17 +12,19 @@ from torch import Tensor
 
 from av.checks import box_overlap
 from closedloop.sim.agents import take_rows
-from closedloop.sim.pairs import Sweep, along, nearby_pairs
+from closedloop.sim.pairs import SortedItems, Sweep, along, nearby_pairs, sort_items
 
 
-def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Tensor, sweep: Sweep) -> Tensor:
+def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Tensor, sweep: Sweep,
+                      sorted_boxes: SortedItems | None = None) -> Tensor:
     """Overlapping pairs among ``M`` boxes per scenario that involve at least one "row" box.
 
     ``boxes`` ``[B, M, 5]``, ``valid`` bool ``[B, M]``; ``rows`` long ``[B, R]``: the boxes tested
     against every other box (distinct within a scenario), ``row_valid`` bool ``[B, R]`` (padding
     slots False). Each pair once: a box that is itself a row pairs only with the rows before it.
     ``sweep``: the broad phase's axis and the boxes' bounding radii
-    (:func:`~closedloop.sim.pairs.make_sweep` of these boxes).
+    (:func:`~closedloop.sim.pairs.make_sweep` of these boxes); ``sorted_boxes``: the valid boxes
+    sorted along it (:func:`~closedloop.sim.pairs.sort_items`; sorted here when not given).
 
     Candidates are listed sparsely by sort-and-sweep (:func:`~closedloop.sim.pairs.nearby_pairs`):
     each valid row box against the valid boxes of its scenario within reach along the scenario's
@@ -43,8 +45,10 @@ def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Ten
     # Reach along the axis: the row's bounding radius plus the bound on its scenario's.
     radius = sweep.body_radius.reshape(-1)
     u = along(boxes[..., :2], sweep.axis)
+    if sorted_boxes is None:
+        sorted_boxes = sort_items(valid, u)
     k, col = nearby_pairs(b_row, u.reshape(-1).take(row_flat), radius.take(row_flat) + sweep.radius.take(b_row),
-                          valid, u)
+                          sorted_boxes)
     row = row_flat.take(k)
     is_row = torch.zeros(B, M, dtype=torch.bool, device=rows.device).scatter_(1, rows, row_valid).reshape(-1)
     keep = ((col != row) & ((col > row) | ~is_row.take(col))).nonzero().squeeze(1)
@@ -61,18 +65,18 @@ def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Ten
     return pairs[torch.argsort(lo * M + hi % M)]
 
 
-def collision_flags(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Tensor, sweep: Sweep
-                    ) -> tuple[Tensor, Tensor]:
+def collision_flags(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Tensor, sweep: Sweep,
+                    sorted_boxes: SortedItems | None = None) -> tuple[Tensor, Tensor]:
     """Per-agent overlap flags for the ego (box 0) and ``N`` agents (boxes ``1..N``).
 
     ``boxes`` ``[B, 1 + N, 5]``, ``valid`` ``[B, 1 + N]``; ``rows``/``row_valid`` the boxes tested
-    against all others and ``sweep`` (see :func:`overlapping_pairs`; ``rows`` holding only box 0 tests the ego
-    alone). Returns
+    against all others, ``sweep`` and ``sorted_boxes`` (see :func:`overlapping_pairs`; ``rows`` holding only box 0
+    tests the ego alone). Returns
     ``(ego_hit [B, N], agent_hit [B, N])``: agent ``n`` overlaps the ego; agent ``n`` overlaps
     another agent (in a tested pair).
     """
     B, M, _ = boxes.shape
-    pairs = overlapping_pairs(boxes, valid, rows, row_valid, sweep)
+    pairs = overlapping_pairs(boxes, valid, rows, row_valid, sweep, sorted_boxes)
     ego_hit = torch.zeros(B, M, dtype=torch.bool, device=boxes.device)
     agent_hit = torch.zeros(B, M, dtype=torch.bool, device=boxes.device)
     if pairs.shape[0]:

@@ -51,28 +51,43 @@ def along(xy: Tensor, axis: Tensor) -> Tensor:
     return torch.where(axis[:, None, 1] > 0, xy[..., 1], xy[..., 0])
 
 
-def nearby_pairs(row_scenario: Tensor, row_u: Tensor, reach: Tensor, valid: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """Every (row, item) pair of the same scenario with a valid item within ``reach`` along the
-    sweep axis.
+@dataclass(frozen=True)
+class SortedItems:
+    """The valid items of ``B`` scenarios sorted by (scenario, coordinate along the sweep axis)
+    (:func:`sort_items`): ``key`` float64 ``[V]`` ascending (the scenario's offset ``b * SPAN``
+    plus the clamped coordinate, m) and ``items`` long ``[V]`` their flat indices ``b * M + m``."""
 
-    ``row_scenario`` long ``[K]``, ``row_u`` ``[K]`` (m) and ``reach`` ``[K]`` (m, may be inf:
-    every item of the scenario) describe ``K`` rows; ``valid`` bool ``[B, M]`` and ``u``
-    ``[B, M]`` (m) the items, ``u`` and ``row_u`` measured along the same axis per scenario
-    (:func:`along`). Items are sorted once by (scenario, u); each row's window is two binary
-    searches. Returns ``(k, item)`` long ``[P]``: the row (ascending) and the flat item index
-    ``b * M + m`` of every item with ``|u_item - row_u| <= reach`` (and possibly a few more within
-    ``SLACK``: a superset, never a subset).
-    """
+    key: Tensor
+    items: Tensor
+
+
+def sort_items(valid: Tensor, u: Tensor) -> SortedItems:
+    """Sort the items with ``valid`` bool ``[B, M]`` by scenario, then by ``u`` ``[B, M]`` (m,
+    along each scenario's sweep axis: :func:`along`)."""
     B, M = valid.shape
     items = valid.reshape(-1).nonzero().squeeze(1)  # flat b * M + m
     base = torch.arange(B, device=valid.device, dtype=torch.float64) * SPAN
     us = u.reshape(-1).take(items).double().clamp(-X_LIMIT, X_LIMIT)
     key, order = (base.take(items.div(M, rounding_mode="floor")) + us).sort()
-    items = items.take(order)
-    centre = base.take(row_scenario) + row_u.double().clamp(-X_LIMIT, X_LIMIT)
+    return SortedItems(key=key, items=items.take(order))
+
+
+def nearby_pairs(row_scenario: Tensor, row_u: Tensor, reach: Tensor, items: SortedItems) -> tuple[Tensor, Tensor]:
+    """Every (row, item) pair of the same scenario with a valid item within ``reach`` along the
+    sweep axis.
+
+    ``row_scenario`` long ``[K]``, ``row_u`` ``[K]`` (m) and ``reach`` ``[K]`` (m, may be inf:
+    every item of the scenario) describe ``K`` rows, ``row_u`` measured along the same axis as
+    the sorted ``items`` (:func:`sort_items`); each row's window is two binary searches. Returns
+    ``(k, item)`` long ``[P]``: the row (ascending) and the flat item index ``b * M + m`` of every
+    item with ``|u_item - row_u| <= reach`` (and possibly a few more within ``SLACK``: a superset,
+    never a subset).
+    """
+    dev = row_u.device
+    centre = row_scenario.double() * SPAN + row_u.double().clamp(-X_LIMIT, X_LIMIT)
     width = reach.double().clamp(max=2.0 * X_LIMIT) + SLACK
-    lo = torch.searchsorted(key, centre - width)
-    count = torch.searchsorted(key, centre + width, right=True) - lo
-    k = torch.repeat_interleave(torch.arange(row_scenario.shape[0], device=valid.device), count)
+    lo = torch.searchsorted(items.key, centre - width)
+    count = torch.searchsorted(items.key, centre + width, right=True) - lo
+    k = torch.repeat_interleave(torch.arange(row_scenario.shape[0], device=dev), count)
     shift = lo - (count.cumsum(0) - count)  # item position minus pair position, per row
-    return k, items.take(torch.arange(k.shape[0], device=valid.device) + shift.take(k))
+    return k, items.items.take(torch.arange(k.shape[0], device=dev) + shift.take(k))
