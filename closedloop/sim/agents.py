@@ -37,7 +37,7 @@ PATH_EXTENSION = 1000.0
 #: Distances (m) over which the mean curvature of each path ahead is tabulated.
 CURVATURE_REACH = (5.0, 10.0, 20.0, 40.0)
 #: Candidate agents examined at once when the paths are built (bounds the transient memory).
-BUILD_CHUNK = 4096
+BUILD_CHUNK = 2048
 
 
 @dataclass(frozen=True)
@@ -179,13 +179,14 @@ def build_paths(batch: ScenarioBatch) -> AgentPaths:
     speed = torch.where(torch.cat([none, both], -1), arrive, leave * torch.cat([both, none], -1))
     pose = torch.cat([pose, ext[:, None]], 1)
     s = torch.cat([s, s[:, -1:] + PATH_EXTENSION], 1).contiguous()
-    curvature = torch.cat([_curvature_ahead(s_part, yaw_part) for s_part, yaw_part in
-                           zip(s.split(BUILD_CHUNK), pose[..., 2].split(BUILD_CHUNK))]) if s.shape[0] else \
-        pose.new_zeros(0, s.shape[1], len(CURVATURE_REACH))
-    return AgentPaths(reactive=reactive, index=index, slot=slot, path_slot=path_slot,
-                      points=torch.cat([pose, curvature], -1).transpose(0, 1).contiguous(), s=s,
-                      s_by_step=s.t().contiguous(),
-                      speed=speed.t().contiguous())
+    # Written time-major in place, the curvature tables chunk by chunk (no full-size transient).
+    K, P = s.shape
+    points = pose.new_empty(P, K, 3 + len(CURVATURE_REACH))
+    points[..., :3] = pose.transpose(0, 1)
+    for lo, (s_part, yaw_part) in zip(range(0, K, BUILD_CHUNK), zip(s.split(BUILD_CHUNK), pose[..., 2].split(BUILD_CHUNK))):
+        points[:, lo:lo + s_part.shape[0], 3:] = _curvature_ahead(s_part, yaw_part).transpose(0, 1)
+    return AgentPaths(reactive=reactive, index=index, slot=slot, path_slot=path_slot, points=points, s=s,
+                      s_by_step=s.t().contiguous(), speed=speed.t().contiguous())
 
 
 def _at_path_step(table: Tensor, steps: Tensor) -> Tensor:
