@@ -62,7 +62,8 @@ class AgentPaths:
 
     Reactive work runs on ``R`` slots per scenario (``R`` the most reactive agents in one
     scenario): ``index`` long ``[B, R]`` names the agent of each slot (the reactive agents first,
-    then others, all distinct) and ``slot`` bool ``[B, R]`` whether it holds a reactive agent.
+    then others, all distinct), ``slot_rows`` long ``[B * R]`` the same as flat agent indices
+    ``b * N + index[b, r]``, and ``slot`` bool ``[B, R]`` whether it holds a reactive agent.
     ``reactive`` bool ``[B, N]`` marks the reactive agents by agent index.
 
     The paths are stored for the ``K`` slots that hold a reactive agent only (no padding):
@@ -81,6 +82,7 @@ class AgentPaths:
 
     reactive: Tensor
     index: Tensor
+    slot_rows: Tensor
     slot: Tensor
     path_slot: Tensor
     points: Tensor
@@ -161,7 +163,8 @@ def build_paths(batch: ScenarioBatch) -> AgentPaths:
     index = order[:, :R].contiguous()
     slot = reactive.gather(1, index)
     path_slot = slot.reshape(-1).nonzero().squeeze(1)
-    agent = (index + torch.arange(B, device=index.device)[:, None] * N).reshape(-1)[path_slot]
+    slot_rows = (index + torch.arange(B, device=index.device)[:, None] * N).reshape(-1)
+    agent = slot_rows[path_slot]
     pick = torch.searchsorted(agent_ids, agent)  # each path's row among the reactive agents
     pose, seg, valid = pose[pick], seg[pick], valid[pick]
 
@@ -185,7 +188,8 @@ def build_paths(batch: ScenarioBatch) -> AgentPaths:
     points[..., :3] = pose.transpose(0, 1)
     for lo, (s_part, yaw_part) in zip(range(0, K, BUILD_CHUNK), zip(s.split(BUILD_CHUNK), pose[..., 2].split(BUILD_CHUNK))):
         points[:, lo:lo + s_part.shape[0], 3:] = _curvature_ahead(s_part, yaw_part).transpose(0, 1)
-    return AgentPaths(reactive=reactive, index=index, slot=slot, path_slot=path_slot, points=points, s=s,
+    return AgentPaths(reactive=reactive, index=index, slot_rows=slot_rows, slot=slot, path_slot=path_slot,
+                      points=points, s=s,
                       s_by_step=s.t().contiguous(), speed=speed.t().contiguous())
 
 
@@ -218,7 +222,7 @@ def log_states(batch: ScenarioBatch, valid_by_step: Tensor, t: Tensor) -> tuple[
     rows = valid.reshape(-1).nonzero().squeeze(1)  # flat b * N + n; only these are read
     steps = rows * T + t.clamp(0, T - 1).take(rows.div(N, rounding_mode="floor"))
     states = batch.agents.new_zeros(B * N, 5)
-    states[rows] = take_rows(batch.agents.reshape(B * N * T, 5), steps)
+    states.index_copy_(0, rows, take_rows(batch.agents.reshape(B * N * T, 5), steps))
     return states.reshape(B, N, 5), valid
 
 
@@ -227,7 +231,7 @@ def _to_slots(paths: AgentPaths, values: Tensor) -> Tensor:
     without a reactive agent)."""
     B, R = paths.slot.shape
     out = values.new_zeros(B * R, *values.shape[1:])
-    out[paths.path_slot] = values
+    out.index_copy_(0, paths.path_slot, values)
     return out.reshape(B, R, *values.shape[1:])
 
 

@@ -11,6 +11,7 @@ with IDM (:mod:`closedloop.sim.agents`); oriented-box overlaps are flagged every
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -147,9 +148,12 @@ def _path_pose_and_curvature(paths: agent_model.AgentPaths, s: Tensor) -> tuple[
     return sample[..., :3], sample[..., 3:]
 
 
-def _slots(x: Tensor, index: Tensor) -> Tensor:
-    """``x[b, index[b, r], ...]`` ``[B, R, ...]`` of a per-agent tensor ``x`` ``[B, N, ...]``."""
-    return x.gather(1, index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
+def _slots(x: Tensor, paths: agent_model.AgentPaths) -> Tensor:
+    """``x[b, paths.index[b, r], ...]`` ``[B, R, ...]`` of a per-agent tensor ``x`` ``[B, N, ...]``
+    (one ``index_select`` of whole rows)."""
+    B, R = paths.index.shape
+    rows = x.reshape(x.shape[0] * x.shape[1], math.prod(x.shape[2:]))
+    return rows.index_select(0, paths.slot_rows).reshape(B, R, *x.shape[2:])
 
 
 def _ego_box(ego: VehicleState, dims: Tensor) -> Tensor:
@@ -280,28 +284,28 @@ class BuiltinSimulator:
         step. Obstacles: the ego and every valid agent, as they are now."""
         static, batch = state.static, state.static.batch
         paths = static.paths
-        index = paths.index
         box, ego5 = _ego_box(ego, batch.ego_dims), ego.state5()
         ego_body = torch.cat([box[:, :3], ego5[:, 3:5]], 1)  # box centre, yaw, velocity
         bodies = torch.cat([ego_body[:, None], state.agents], 1)  # [B, 1 + N, 5]
         body_valid = torch.cat([(state.t <= static.last)[:, None], state.agent_valid], 1)
-        present = paths.slot & _slots(state.agent_valid, index)
+        present = paths.slot & _slots(state.agent_valid, paths)
         pressure = agent_model.leader_pressure(
-            _slots(state.agents, index)[..., :3], _slots(batch.agent_sizes, index), state.agent_speed,
+            _slots(state.agents, paths)[..., :3], _slots(batch.agent_sizes, paths), state.agent_speed,
             state.agent_curvature, present, bodies, static.body_sizes, body_valid, self.idm, static.sweep,
             state.sorted_bodies,
         )
         v_now = agent_model.logged_speed(paths, state.t)
         speed, dist = agent_model.idm_speed_update(state.agent_speed, v_now, v_log, pressure, self.idm, batch.dt)
-        driven = present & _slots(valid_next, index)  # present now and next: keeps its IDM state
+        driven = present & _slots(valid_next, paths)  # present now and next: keeps its IDM state
         s_next = torch.where(driven, state.agent_s + dist, s_log)
         v_next = torch.where(driven, speed, v_log)
         pose, curvature = _path_pose_and_curvature(paths, s_next)
         idm_states = torch.cat([pose, (v_next * torch.cos(pose[..., 2]))[..., None],
                                 (v_next * torch.sin(pose[..., 2]))[..., None]], -1)
-        slot_states = torch.where(driven[..., None], idm_states, _slots(log_next, index))
-        # Slots name distinct agents, so scattering them back is exact (padding slots write the log).
-        agents = log_next.scatter(1, index[..., None].expand(-1, -1, 5), slot_states)
+        slot_states = torch.where(driven[..., None], idm_states, _slots(log_next, paths))
+        # Slots name distinct agents, so copying them back is exact (padding slots write the log).
+        B, N, _ = log_next.shape
+        agents = log_next.reshape(B * N, 5).index_copy(0, paths.slot_rows, slot_states.reshape(-1, 5)).reshape(B, N, 5)
         return agents, s_next, v_next, curvature * paths.slot[..., None]
 
     # ------------------------------------------------------------------ driver interface
