@@ -5,6 +5,7 @@ reactive agents re-drive the log exactly, and the collision kernel agrees with b
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -22,6 +23,7 @@ from av.observe import ObservationSpec, Window, observe
 from closedloop.driver import rollout
 from closedloop.sim import BuiltinSimulator, SimConfig, SimState
 from closedloop.sim.collision import collision_flags, overlapping_pairs
+from closedloop.sim.pairs import make_sweep
 
 DT = 0.1
 T = 80
@@ -190,31 +192,35 @@ def test_box_overlap_agrees_with_shapely() -> None:
     assert bool(box_overlap(box, torch.tensor([4.0, 0.0, math.pi / 2, 2.0, 4.0])))
 
 
-def test_broad_phase_finds_exactly_the_brute_force_pairs() -> None:
+@pytest.mark.parametrize("axis", [None, (1.0, 0.0), (0.0, 1.0)])
+def test_broad_phase_finds_exactly_the_brute_force_pairs(axis: tuple[float, float] | None) -> None:
     gen = torch.Generator().manual_seed(1)
     B, M = 3, 40
     boxes = random_boxes(gen, B * M, 40.0).reshape(B, M, 5)
     valid = torch.rand(B, M, generator=gen) > 0.1
+    sweep = make_sweep(boxes[..., :2], valid, boxes[..., 3:5])  # None: the axis of larger spread
+    if axis is not None:  # either sweep axis finds the same pairs
+        sweep = replace(sweep, axis=torch.tensor([axis]).expand(B, 2))
     brute = box_overlap(boxes[:, :, None], boxes[:, None, :])  # [B, M, M]
     brute &= torch.ones(M, M, dtype=torch.bool).triu(1) & valid[:, :, None] & valid[:, None, :]
     every, all_valid = torch.arange(M).expand(B, M), torch.ones(B, M, dtype=torch.bool)
-    pairs = overlapping_pairs(boxes, valid, every, all_valid)
+    pairs = overlapping_pairs(boxes, valid, every, all_valid, sweep)
     assert len(pairs) > 5
     assert pairs.tolist() == brute.nonzero().tolist()
     ego = torch.zeros(B, 1, dtype=torch.long)
-    ego_only = overlapping_pairs(boxes, valid, ego, torch.ones(B, 1, dtype=torch.bool))
+    ego_only = overlapping_pairs(boxes, valid, ego, torch.ones(B, 1, dtype=torch.bool), sweep)
     assert ego_only.tolist() == brute[:, :1].nonzero().tolist()
     # rows 0, 5 and 7 (7 only in scenario 0): every pair touching one of them, each once
     rows = torch.tensor([[0, 7, 5]] * B)
     row_valid = torch.tensor([[True, True, True]] + [[True, False, True]] * (B - 1))
-    some = overlapping_pairs(boxes, valid, rows, row_valid)
+    some = overlapping_pairs(boxes, valid, rows, row_valid, sweep)
     touching = torch.zeros(B, M, M, dtype=torch.bool)
     for b in range(B):
         for r in rows[b][row_valid[b]].tolist():
             touching[b, r, :] = True
             touching[b, :, r] = True
     assert some.tolist() == (brute & touching).nonzero().tolist()
-    ego_hit, agent_hit = collision_flags(boxes, valid, every, all_valid)
+    ego_hit, agent_hit = collision_flags(boxes, valid, every, all_valid, sweep)
     assert ego_hit.tolist() == brute[:, 0, 1:].tolist()
     among = brute[:, 1:, 1:]
     assert agent_hit.tolist() == (among.any(2) | among.any(1)).tolist()

@@ -5,6 +5,7 @@ variants; and ``av bench sim --store`` reports the real-window figures."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from closedloop.planner import make_planner
 from closedloop.sim import BuiltinSimulator, SimState
 from closedloop.sim.agents import leader_pressure, pair_pressure
 from closedloop.sim.collision import overlapping_pairs
-from closedloop.sim.pairs import nearby_pairs
+from closedloop.sim.pairs import Sweep, nearby_pairs, sort_items
 from scenarios.variants import generate_variants
 
 
@@ -41,6 +42,12 @@ def dense_states(real_scenarios: list[Scenario]) -> list[SimState]:
             states.append(state)
         state = sim.step(state)
     return states
+
+
+def _sweeps(state: SimState) -> list[Sweep]:
+    """The simulator's sweep of ``state`` and the one along the other axis (same pairs, other speed)."""
+    sweep = state.static.sweep
+    return [sweep, replace(sweep, axis=sweep.axis.flip(1))]
 
 
 def _leader_inputs(state: SimState) -> tuple[torch.Tensor, ...]:
@@ -65,7 +72,6 @@ def test_sparse_leader_search_equals_all_pairs_on_real_drives_and_variants(dense
     leaders = 0
     for state in dense_states:
         agents, sizes, speed, curvature, present, bodies, body_sizes, body_valid = _leader_inputs(state)
-        fast = leader_pressure(agents, sizes, speed, curvature, present, bodies, body_sizes, body_valid, sim.idm)
         # Oracle: the exact test on every (present agent, body of its scenario) pair, no broad phase.
         R = present.shape[1]
         M = bodies.shape[1]
@@ -73,7 +79,14 @@ def test_sparse_leader_search_equals_all_pairs_on_real_drives_and_variants(dense
         row = rows.repeat_interleave(M)
         col = (rows.div(R, rounding_mode="floor") * M)[:, None].add(torch.arange(M)).reshape(-1)
         brute = pair_pressure(agents, sizes, speed, curvature, bodies, body_sizes, body_valid, row, col, sim.idm)
-        assert torch.equal(fast, brute)
+        for sweep in _sweeps(state):
+            fast = leader_pressure(agents, sizes, speed, curvature, present, bodies, body_sizes, body_valid, sim.idm,
+                                   sweep)
+            assert torch.equal(fast, brute)
+        # the bodies the state keeps sorted (from its collision check) are the ones searched here
+        cached = leader_pressure(agents, sizes, speed, curvature, present, bodies, body_sizes, body_valid, sim.idm,
+                                 state.static.sweep, state.sorted_bodies)
+        assert torch.equal(cached, brute)
         leaders += int((brute > 0).sum())
     assert leaders >= 10  # the comparison covers agents that do brake for something ahead
 
@@ -89,13 +102,14 @@ def test_sparse_collision_search_equals_all_pairs_on_real_drives_and_variants(de
         brute = box_overlap(boxes[:, :, None], boxes[:, None, :])
         brute &= torch.ones(M, M, dtype=torch.bool).triu(1) & valid[:, :, None] & valid[:, None, :]
         every = torch.arange(M).expand(B, M)
-        assert overlapping_pairs(boxes, valid, every, torch.ones(B, M, dtype=torch.bool)).tolist() == \
-            brute.nonzero().tolist()
         # the simulator's own rows (the ego and the reactive agents): every pair touching one
         rows, row_valid = static.collision_rows, static.collision_row_valid
         touching = torch.zeros(B, M, dtype=torch.bool).scatter_(1, rows, row_valid)
         expected = brute & (touching[:, :, None] | touching[:, None, :])
-        assert overlapping_pairs(boxes, valid, rows, row_valid).tolist() == expected.nonzero().tolist()
+        for sweep in _sweeps(state):
+            assert overlapping_pairs(boxes, valid, every, torch.ones(B, M, dtype=torch.bool), sweep).tolist() == \
+                brute.nonzero().tolist()
+            assert overlapping_pairs(boxes, valid, rows, row_valid, sweep).tolist() == expected.nonzero().tolist()
         overlaps += int(brute.sum())
     assert overlaps >= 10  # real annotations and the fast ego overlap: the comparison is not vacuous
 
@@ -109,7 +123,7 @@ def test_sweep_lists_every_item_within_reach_and_no_other_scenario() -> None:
     row_x = torch.rand(K, generator=gen) * 200.0 - 100.0
     reach = torch.rand(K, generator=gen) * 30.0
     reach[0] = float("inf")
-    k, item = nearby_pairs(row_b, row_x, reach, valid, x)
+    k, item = nearby_pairs(row_b, row_x, reach, sort_items(valid, x))
     got = set(zip(k.tolist(), item.tolist()))
     for r in range(K):
         b = int(row_b[r])

@@ -179,22 +179,36 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _constant_velocity_plan(batch: ScenarioBatch, t: torch.Tensor, horizon: int, chunk: int = 128) -> Any:
+    """The constant-velocity planner's trajectory for every scenario of ``batch`` at steps ``t``
+    ``[B]``, observed ``chunk`` scenarios at a time: preparing an observation's map takes memory in
+    proportion to its batch, and the memory figure is the simulator's."""
+    from dataclasses import replace
+
+    from av.observation import Trajectory
+    from av.observe import ObservationSpec, observe
+    from closedloop.planner import make_planner
+
+    planner, spec = make_planner("constant_velocity", horizon_steps=horizon), ObservationSpec()
+    plans = []
+    for lo in range(0, batch.batch_size, chunk):
+        part = replace(batch, **{f.name: getattr(batch, f.name)[lo:lo + chunk] for f in fields(batch) if f.name != "dt"})
+        plans.append(planner.plan(observe(part, t[lo:lo + chunk], spec)))
+    return Trajectory(poses=torch.cat([p.poses for p in plans]), dt=plans[0].dt)
+
+
 def _time_sim(batch: ScenarioBatch, steps: int) -> tuple[float, Any, tuple[float, float], float, float]:
     """Seconds per ``step`` of the builtin simulator (IDM agents, all collision checks), tracking a
     constant-velocity plan set once; returns the time, the state reached, the wall and process
     CPU seconds of the ``reset``, the mean number of valid agents per timed step (over the whole batch) and the
     process CPU seconds per step (all threads; steadier than wall time on a shared machine)."""
-    from av.observe import ObservationSpec, observe
-    from closedloop.planner import make_planner
     from closedloop.sim import BuiltinSimulator
 
     sim = BuiltinSimulator(agents="idm")
     t0, c0 = time.perf_counter(), time.process_time()
     state = sim.reset(batch)
     reset_s, reset_cpu_s = time.perf_counter() - t0, time.process_time() - c0
-    obs = observe(batch, state.t, ObservationSpec())
-    state = sim.set_plan(state, make_planner("constant_velocity", horizon_steps=steps + 10).plan(obs))
-    del obs
+    state = sim.set_plan(state, _constant_velocity_plan(batch, state.t, steps + 10))
     state = sim.step(state)  # warm-up
     valid = torch.zeros((), dtype=torch.long)
     t0, c0 = time.perf_counter(), time.process_time()

@@ -28,7 +28,7 @@ from av import idm
 from av.batch import ScenarioBatch
 from av.geometry import wrap_angle
 from av.types import AgentType
-from closedloop.sim.pairs import nearby_pairs
+from closedloop.sim.pairs import SortedItems, Sweep, along, nearby_pairs, sort_items
 
 #: Agents whose whole logged path is shorter (m) replay the log (parked cars stay still).
 MIN_PATH_LENGTH = 2.0
@@ -36,8 +36,8 @@ MIN_PATH_LENGTH = 2.0
 PATH_EXTENSION = 1000.0
 #: Distances (m) over which the mean curvature of each path ahead is tabulated.
 CURVATURE_REACH = (5.0, 10.0, 20.0, 40.0)
-#: A distance (m) far outside any scene, used to move masked items out of a broad phase.
-FAR = 1.0e7
+#: Candidate agents examined at once when the paths are built (bounds the transient memory).
+BUILD_CHUNK = 2048
 
 
 @dataclass(frozen=True)
@@ -62,27 +62,32 @@ class AgentPaths:
 
     Reactive work runs on ``R`` slots per scenario (``R`` the most reactive agents in one
     scenario): ``index`` long ``[B, R]`` names the agent of each slot (the reactive agents first,
-    then others, all distinct) and ``slot`` bool ``[B, R]`` whether it holds a reactive agent.
+    then others, all distinct), ``slot_rows`` long ``[B * R]`` the same as flat agent indices
+    ``b * N + index[b, r]``, and ``slot`` bool ``[B, R]`` whether it holds a reactive agent.
     ``reactive`` bool ``[B, N]`` marks the reactive agents by agent index.
 
     The paths are stored for the ``K`` slots that hold a reactive agent only (no padding):
     ``path_slot`` long ``[K]`` is the flat slot ``b * R + r`` of each, ascending.
 
-    * ``points`` ``[K, T + 1, 3 + C]``: box-centre (x, y, yaw) along the path (invalid steps
-      hold the nearest valid pose; the last point is the straight extension), then the mean
-      curvature (1/m) of the path ahead of each point over each of the ``C`` distances of
-      ``CURVATURE_REACH``.
-    * ``s`` ``[K, T + 1]`` arc length along the path (m), non-decreasing.
-    * ``speed`` ``[K, T]`` logged arc-length speed (m/s) of the step arriving at each step
-      (of the step leaving it where the agent just appeared; 0 where it is alone or invalid).
+    * ``points`` ``[T + 1, K, 3 + C]`` (time-major: agents near their logged place at one step
+      read nearby rows): box-centre (x, y, yaw) along the path (invalid steps hold the nearest
+      valid pose; the last point is the straight extension), then the mean curvature (1/m) of
+      the path ahead of each point over each of the ``C`` distances of ``CURVATURE_REACH``.
+    * ``s`` ``[K, T + 1]`` arc length along the path (m), non-decreasing; ``s_by_step``
+      ``[T + 1, K]`` the same laid out time-major (one step's values are contiguous).
+    * ``speed`` ``[T, K]`` (time-major) logged arc-length speed (m/s) of the step arriving at
+      each step (of the step leaving it where the agent just appeared; 0 where it is alone or
+      invalid).
     """
 
     reactive: Tensor
     index: Tensor
+    slot_rows: Tensor
     slot: Tensor
     path_slot: Tensor
     points: Tensor
     s: Tensor
+    s_by_step: Tensor
     speed: Tensor
 
 
@@ -110,10 +115,18 @@ def _segments(knots: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
     return flat, ((query.reshape(-1) - s0) / (s1 - s0).clamp_min(1e-6)).clamp(0.0, 1.0)[:, None]
 
 
-def _interpolate_yaw(yaw: Tensor, flat: Tensor, frac: Tensor) -> Tensor:
-    """Yaw ``[K * Q, 1]`` interpolated along the shorter way round; ``yaw`` ``[K * P, 1]``."""
-    y0, y1 = take_rows(yaw, flat), take_rows(yaw, flat + 1)
-    return wrap_angle(y0 + frac * wrap_angle(y1 - y0))
+def _curvature_ahead(s: Tensor, yaw: Tensor) -> Tensor:
+    """Mean curvature ``[K, P, C]`` (1/m) of paths ahead of each of their points over each
+    distance of ``CURVATURE_REACH``: the heading change over the distance, divided by it; ``s``
+    ``[K, P]`` arc lengths (m, non-decreasing), ``yaw`` ``[K, P]`` headings (rad)."""
+    K, P = s.shape
+    reach = torch.tensor(CURVATURE_REACH, dtype=yaw.dtype, device=yaw.device)
+    C = len(CURVATURE_REACH)
+    flat, frac = _segments(s, (s[..., None] + reach).reshape(K, P * C))
+    flat_yaw = yaw.reshape(K * P)
+    turn = wrap_angle(torch.cat([flat_yaw[1:] - flat_yaw[:-1], flat_yaw.new_zeros(1)]))  # each segment's, once
+    yaw_ahead = wrap_angle(flat_yaw.take(flat) + frac[:, 0] * turn.take(flat)).reshape(K, P, C)
+    return wrap_angle(yaw_ahead - yaw[..., None]) / reach
 
 
 def build_paths(batch: ScenarioBatch) -> AgentPaths:
@@ -125,20 +138,34 @@ def build_paths(batch: ScenarioBatch) -> AgentPaths:
     types = batch.agent_types
     moving_kind = (types == int(AgentType.VEHICLE)) | (types == int(AgentType.CYCLIST))
     candidate = moving_kind.reshape(-1).nonzero().squeeze(1)  # flat b * N + n, ascending
-    valid = batch.agent_valid.reshape(B * N, T)[candidate]
     states = batch.agents.reshape(B * N, T, batch.agents.shape[-1])  # explicit width: N may be 0
-    pose = _fill_invalid(states.index_select(0, candidate)[..., :3], valid)
-    seg = (pose[:, 1:, :2] - pose[:, :-1, :2]).norm(dim=-1)
+    all_valid = batch.agent_valid.reshape(B * N, T)
+    # In chunks of candidates, keeping the reactive ones only: the transient memory stays small.
+    kept: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+    for chunk in candidate.split(BUILD_CHUNK):
+        valid = all_valid.index_select(0, chunk)
+        pose = _fill_invalid(states.index_select(0, chunk)[..., :3], valid)
+        seg = (pose[:, 1:, :2] - pose[:, :-1, :2]).norm(dim=-1)
+        keep = (seg.sum(-1) >= MIN_PATH_LENGTH).nonzero().squeeze(1)
+        kept.append((chunk.take(keep), pose.index_select(0, keep), seg.index_select(0, keep),
+                     valid.index_select(0, keep)))
+    if kept:
+        agent_ids, pose, seg, valid = (torch.cat(x) for x in zip(*kept))
+    else:
+        agent_ids = candidate
+        pose, seg = batch.agents.new_zeros(0, T, 3), batch.agents.new_zeros(0, T - 1)
+        valid = batch.agent_valid.new_zeros(0, T)
     reactive = torch.zeros(B * N, dtype=torch.bool, device=types.device)
-    reactive[candidate] = seg.sum(-1) >= MIN_PATH_LENGTH
+    reactive[agent_ids] = True
     reactive = reactive.reshape(B, N)
     order = torch.sort((~reactive).to(torch.uint8), dim=1, stable=True).indices
     R = int(reactive.sum(1).max()) if reactive.numel() else 0
     index = order[:, :R].contiguous()
     slot = reactive.gather(1, index)
     path_slot = slot.reshape(-1).nonzero().squeeze(1)
-    agent = (index + torch.arange(B, device=index.device)[:, None] * N).reshape(-1)[path_slot]
-    pick = torch.searchsorted(candidate, agent)  # each path's row among the candidates
+    slot_rows = (index + torch.arange(B, device=index.device)[:, None] * N).reshape(-1)
+    agent = slot_rows[path_slot]
+    pick = torch.searchsorted(agent_ids, agent)  # each path's row among the reactive agents
     pose, seg, valid = pose[pick], seg[pick], valid[pick]
 
     s = torch.cat([torch.zeros_like(seg[:, :1]), seg.cumsum(-1)], -1)
@@ -155,34 +182,30 @@ def build_paths(batch: ScenarioBatch) -> AgentPaths:
     speed = torch.where(torch.cat([none, both], -1), arrive, leave * torch.cat([both, none], -1))
     pose = torch.cat([pose, ext[:, None]], 1)
     s = torch.cat([s, s[:, -1:] + PATH_EXTENSION], 1).contiguous()
+    # Written time-major in place, the curvature tables chunk by chunk (no full-size transient).
     K, P = s.shape
-    reach = torch.tensor(CURVATURE_REACH, dtype=pose.dtype, device=pose.device)
-    C = len(CURVATURE_REACH)
-    flat, frac = _segments(s, (s[..., None] + reach).reshape(K, P * C))
-    yaw = pose[..., 2].reshape(K * P)
-    turn = wrap_angle(torch.cat([yaw[1:] - yaw[:-1], yaw.new_zeros(1)]))  # each segment's, once
-    yaw_ahead = wrap_angle(yaw.take(flat) + frac[:, 0] * turn.take(flat)).reshape(K, P, C)
-    curvature = wrap_angle(yaw_ahead - pose[..., 2:3]) / reach
-    return AgentPaths(reactive=reactive, index=index, slot=slot, path_slot=path_slot,
-                      points=torch.cat([pose, curvature], -1).contiguous(), s=s, speed=speed.contiguous())
+    points = pose.new_empty(P, K, 3 + len(CURVATURE_REACH))
+    points[..., :3] = pose.transpose(0, 1)
+    for lo, (s_part, yaw_part) in zip(range(0, K, BUILD_CHUNK), zip(s.split(BUILD_CHUNK), pose[..., 2].split(BUILD_CHUNK))):
+        points[:, lo:lo + s_part.shape[0], 3:] = _curvature_ahead(s_part, yaw_part).transpose(0, 1)
+    return AgentPaths(reactive=reactive, index=index, slot_rows=slot_rows, slot=slot, path_slot=path_slot,
+                      points=points, s=s,
+                      s_by_step=s.t().contiguous(), speed=speed.t().contiguous())
 
 
-def at_step(x: Tensor, t: Tensor) -> Tensor:
-    """``x[b, :, t[b]]`` ``[B, N, ...]`` of a per-step tensor ``x`` ``[B, N, T, ...]`` (agents or
-    slots), ``t`` long
-    ``[B]`` clamped into ``[0, T)`` (one flat ``index_select``)."""
-    B, N, T = x.shape[:3]
-    if x.numel() == 0:
-        return x.new_zeros(B, N, *x.shape[3:])
-    rows = torch.arange(B * N, device=x.device).reshape(B, N) * T
-    flat = (rows + t.clamp(0, T - 1)[:, None]).reshape(-1)
-    return take_rows(x.reshape(B * N * T, -1), flat).reshape(B, N, *x.shape[3:])
+def _at_path_step(table: Tensor, steps: Tensor) -> Tensor:
+    """``table[steps[k], k]`` ``[K]`` of a time-major per-path table ``[S, K]``, ``steps`` long
+    ``[K]`` clamped into ``[0, S)``: at one step the reads are nearly contiguous."""
+    S, K = table.shape
+    if S == 0:
+        return table.new_zeros(K)
+    return table.reshape(-1).take(steps.clamp(0, S - 1) * K + torch.arange(K, device=table.device))
 
 
 def take_rows(table: Tensor, idx: Tensor) -> Tensor:
-    """``table[idx]`` for ``table`` ``[R, C]`` and ``idx`` long ``[K]`` (a gather: the fastest
-    row lookup on CPU)."""
-    return table.gather(0, idx[:, None].expand(-1, table.shape[1]))
+    """``table[idx]`` for ``table`` ``[R, C]`` and ``idx`` long ``[K]`` (``index_select``: the
+    fastest row lookup on CPU, ahead of ``gather`` and advanced indexing)."""
+    return table.index_select(0, idx)
 
 
 def log_states(batch: ScenarioBatch, valid_by_step: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -199,7 +222,7 @@ def log_states(batch: ScenarioBatch, valid_by_step: Tensor, t: Tensor) -> tuple[
     rows = valid.reshape(-1).nonzero().squeeze(1)  # flat b * N + n; only these are read
     steps = rows * T + t.clamp(0, T - 1).take(rows.div(N, rounding_mode="floor"))
     states = batch.agents.new_zeros(B * N, 5)
-    states[rows] = take_rows(batch.agents.reshape(B * N * T, 5), steps)
+    states.index_copy_(0, rows, take_rows(batch.agents.reshape(B * N * T, 5), steps))
     return states.reshape(B, N, 5), valid
 
 
@@ -208,7 +231,7 @@ def _to_slots(paths: AgentPaths, values: Tensor) -> Tensor:
     without a reactive agent)."""
     B, R = paths.slot.shape
     out = values.new_zeros(B * R, *values.shape[1:])
-    out[paths.path_slot] = values
+    out.index_copy_(0, paths.path_slot, values)
     return out.reshape(B, R, *values.shape[1:])
 
 
@@ -220,14 +243,14 @@ def _path_steps(paths: AgentPaths, t: Tensor) -> Tensor:
 def path_length_at(paths: AgentPaths, t: Tensor) -> Tensor:
     """Logged arc length ``[B, R]`` of each slot's agent at step ``t`` ``[B]`` (0 in slots
     without a reactive agent)."""
-    return _to_slots(paths, at_step(paths.s[:, None], _path_steps(paths, t))[:, 0])
+    return _to_slots(paths, _at_path_step(paths.s_by_step, _path_steps(paths, t)))
 
 
 def logged_speed(paths: AgentPaths, t: Tensor) -> Tensor:
     """Logged arc-length speed ``[B, R]`` (m/s) of each slot's agent at step ``t`` ``[B]`` (0 past
     the end and in slots without a reactive agent)."""
     steps = _path_steps(paths, t)
-    return _to_slots(paths, at_step(paths.speed[:, None], steps)[:, 0] * (steps < paths.speed.shape[1]))
+    return _to_slots(paths, _at_path_step(paths.speed, steps) * (steps < paths.speed.shape[0]))
 
 
 def sample_path(paths: AgentPaths, s: Tensor) -> Tensor:
@@ -235,14 +258,16 @@ def sample_path(paths: AgentPaths, s: Tensor) -> Tensor:
     ``s`` ``[B, R, Q]``, interpolated linearly between the logged points (0 in slots without a
     reactive agent)."""
     B, R, Q = s.shape
-    K, _, F = paths.points.shape
+    P, K, F = paths.points.shape
     if K == 0 or Q == 0:
         return s.new_zeros(B, R, Q, F)
-    flat, frac = _segments(paths.s, s.reshape(B * R, Q)[paths.path_slot])
+    flat, frac = _segments(paths.s, s.reshape(B * R, Q)[paths.path_slot])  # flat k * P + i
+    path = flat.div(P, rounding_mode="floor")
+    row = (flat - path * P) * K + path  # point i of path k in the time-major table
     table = paths.points.reshape(-1, F)
-    p0, p1 = take_rows(table, flat), take_rows(table, flat + 1)
+    p0, p1 = take_rows(table, row), take_rows(table, row + K)
     out = p0 + frac * (p1 - p0)
-    yaw = _interpolate_yaw(table[:, 2:3], flat, frac)
+    yaw = wrap_angle(p0[:, 2:3] + frac * wrap_angle(p1[:, 2:3] - p0[:, 2:3]))  # the shorter way round
     return _to_slots(paths, torch.cat([out[:, :2], yaw, out[:, 3:]], 1).reshape(K, Q, F))
 
 
@@ -266,6 +291,8 @@ def leader_pressure(
     body_sizes: Tensor,
     body_valid: Tensor,
     params: IDMParams,
+    sweep: Sweep,
+    sorted_bodies: SortedItems | None = None,
 ) -> Tensor:
     """IDM interaction ``max_j max(0, (s*_ij / gap_ij)^2 - 1)`` ``[B, N]`` with what is ahead.
 
@@ -275,7 +302,10 @@ def leader_pressure(
       are evaluated (the others get 0).
     * ``bodies`` ``[B, M, 5]`` everything that can block (x, y, yaw, vx, vy; box centres),
       ``body_sizes`` ``[B, M, 2]``, ``body_valid`` ``[B, M]``. An agent never blocks itself
-      (its own centre is not ahead of its front bumper).
+      (its own centre is not ahead of its front bumper). ``sweep``: the broad phase's axis and
+      the bodies' bounding radii (:func:`~closedloop.sim.pairs.make_sweep` of these bodies);
+      ``sorted_bodies``: the valid bodies sorted along it (:func:`~closedloop.sim.pairs.sort_items`;
+      sorted here when not given).
 
     ``s*`` is IDM's desired gap (:func:`av.idm.desired_gap`) ``s0 + max(0, v T + v (v - v_lead) / (2 sqrt(a b)))`` with
     ``v_lead`` the obstacle's velocity along the path; ``gap`` the bumper-to-box
@@ -284,10 +314,12 @@ def leader_pressure(
     one closing in on a slower or stopped obstacle brakes ever harder as the gap shrinks.
 
     Broad phase, listed sparsely so that its cost follows the valid agents, not the padding:
-    each active agent against the valid bodies of its scenario within reach along x
+    each active agent against the valid bodies of its scenario whose centres fall, along the
+    scenario's sweep axis, within the extent of the region ahead of it
     (:func:`~closedloop.sim.pairs.nearby_pairs`); only pairs inside a box (in the agent's
     frame) that provably contains every blocking pair (ahead within the look-ahead; laterally
-    within the arc's bend ``|k| lon^2`` plus both boxes' half-extents) get the exact test
+    within the arc's bend ``|k| lon^2`` plus the agent's half-width and the body's bounding
+    radius) get the exact test
     (:func:`pair_pressure`).
     """
     B, N, _ = agents.shape
@@ -298,21 +330,33 @@ def leader_pressure(
     # Per active row: position, heading, and the window (1 cm of slack for rounding).
     hl, look = 0.5 * sizes[..., 0], 20.0 + 6.0 * speed
     mid, half = hl + 0.5 * look, 0.5 * look + 0.01
-    # Bound on the bodies' bounding radii (from the longest and the widest body).
-    reach = 0.5 * sizes[..., 1] + 0.5 * torch.hypot(body_sizes[..., 0].amax(1), body_sizes[..., 1].amax(1))[:, None]
+    reach = 0.5 * sizes[..., 1] + sweep.radius[:, None]
     k_max = curvature.abs().amax(-1)
     lat_bound = torch.where(k_max * reach < 0.5, k_max * (hl + look + reach).square() + reach,
                             torch.full_like(k_max, math.inf)) + 0.01
     yaw = agents[..., 2]
-    per_row = take_rows(torch.stack([agents[..., 0], agents[..., 1], torch.cos(yaw), torch.sin(yaw), mid, half,
-                                     lat_bound], -1).reshape(B * N, 7), rows)
-    # |dx| <= |lon| + |lat| < mid + half + lat_bound inside the window.
-    k, col = nearby_pairs(rows.div(N, rounding_mode="floor"), per_row[:, 0], per_row[:, 4:].sum(1), body_valid,
-                          bodies[..., 0])
-    ax, ay, c, s, mid, half, lat_bound = take_rows(per_row, k).unbind(1)
+    c, s = torch.cos(yaw), torch.sin(yaw)
+    # The window along each scenario's sweep axis: the extent of the rectangle (in the agent's
+    # frame) lon in mid +- half, |lat| < lat_bound, i.e. centre + mid (c, s) and half-extent
+    # half |heading . axis| + lat_bound |normal . axis| (the axis is x or y: one term each).
+    on_y = sweep.axis[:, None, 1] > 0
+    centre = torch.where(on_y, agents[..., 1] + mid * s, agents[..., 0] + mid * c)
+    c_abs, s_abs = c.abs(), s.abs()
+    across = torch.where(on_y, c_abs, s_abs)
+    extent = half * torch.where(on_y, s_abs, c_abs) + torch.where(across > 0, lat_bound * across, 0.0)
+    # Per pair, the lateral bound takes the body's own bounding radius in place of the bound on
+    # the scenario's (the bend term keeps the larger one: still a bound).
+    lat_own = lat_bound - sweep.radius[:, None]
+    per_row = take_rows(torch.stack([agents[..., 0], agents[..., 1], c, s, mid, half, lat_own, centre, extent],
+                                    -1).reshape(B * N, 9), rows)
+    if sorted_bodies is None:
+        sorted_bodies = sort_items(body_valid, along(bodies[..., :2], sweep.axis))
+    k, col = nearby_pairs(rows.div(N, rounding_mode="floor"), per_row[:, 7], per_row[:, 8], sorted_bodies)
+    ax, ay, c, s, mid, half, lat_own = take_rows(per_row[:, :7], k).unbind(1)
     xy = take_rows(bodies.reshape(B * M, -1)[:, :2], col)
     dx, dy = xy[:, 0] - ax, xy[:, 1] - ay
-    near = (((dx * c + dy * s - mid).abs() < half) & ((dy * c - dx * s).abs() < lat_bound)).nonzero().squeeze(1)
+    near = (((dx * c + dy * s - mid).abs() < half)
+            & ((dy * c - dx * s).abs() < lat_own + sweep.body_radius.reshape(-1).take(col))).nonzero().squeeze(1)
     return pair_pressure(agents, sizes, speed, curvature, bodies, body_sizes, body_valid,
                          rows.take(k.take(near)), col.take(near), params)
 

@@ -11,6 +11,7 @@ with IDM (:mod:`closedloop.sim.agents`); oriented-box overlaps are flagged every
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -24,6 +25,7 @@ from av.vehicle import VehicleLimits, VehicleState, bicycle_step, ego_box
 from closedloop.sim import agents as agent_model
 from closedloop.sim.base import SimConfig, Snapshot
 from closedloop.sim.collision import collision_flags
+from closedloop.sim.pairs import SortedItems, Sweep, along, make_sweep, sort_items
 from closedloop.sim.vehicle import GainTable, Plan, make_plan, place_on_plan, track
 
 
@@ -40,6 +42,9 @@ class SimStatic:
     * ``collision_rows`` long ``[B, C]``: the boxes (0 = ego, ``1 + n`` = agent ``n``) tested
       against all others every step; ``collision_row_valid`` bool ``[B, C]``: which slots hold one
       (:func:`~closedloop.sim.collision.overlapping_pairs`).
+    * ``body_sizes`` ``[B, 1 + N, 2]``: (length, width) of the ego (body 0) and the agents (m);
+      ``sweep``: the candidate-pair search's axis and radius bound per scenario
+      (:func:`~closedloop.sim.pairs.make_sweep`, from the logged ego path and the agents at the start).
     """
 
     batch: ScenarioBatch
@@ -51,6 +56,8 @@ class SimStatic:
     gains: GainTable
     collision_rows: Tensor
     collision_row_valid: Tensor
+    body_sizes: Tensor
+    sweep: Sweep
 
     @property
     def wheelbase(self) -> Tensor:
@@ -77,6 +84,9 @@ class SimState:
       ``agent_collision`` bool ``[B, N]``: agent ``n`` overlaps another agent now, in a pair with
       at least one reactive agent (so all False in log mode: contacts between log-replayed
       agents are the log's own, annotation overlaps included).
+    * ``sorted_bodies``: the valid bodies now (the ego's box, then the agents) sorted along each
+      scenario's sweep axis, shared by this step's collision check and the next step's leader
+      search (:func:`~closedloop.sim.pairs.sort_items`).
     * ``plan``: the trajectory being tracked (world frame) or ``None`` before the first one.
     * ``static``: the per-batch data (:class:`SimStatic`).
     """
@@ -91,6 +101,7 @@ class SimState:
     agent_curvature: Tensor
     ego_collision: Tensor
     agent_collision: Tensor
+    sorted_bodies: SortedItems
     plan: Plan | None
     static: SimStatic
 
@@ -137,9 +148,12 @@ def _path_pose_and_curvature(paths: agent_model.AgentPaths, s: Tensor) -> tuple[
     return sample[..., :3], sample[..., 3:]
 
 
-def _slots(x: Tensor, index: Tensor) -> Tensor:
-    """``x[b, index[b, r], ...]`` ``[B, R, ...]`` of a per-agent tensor ``x`` ``[B, N, ...]``."""
-    return x.gather(1, index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
+def _slots(x: Tensor, paths: agent_model.AgentPaths) -> Tensor:
+    """``x[b, paths.index[b, r], ...]`` ``[B, R, ...]`` of a per-agent tensor ``x`` ``[B, N, ...]``
+    (one ``index_select`` of whole rows)."""
+    B, R = paths.index.shape
+    rows = x.reshape(x.shape[0] * x.shape[1], math.prod(x.shape[2:]))
+    return rows.index_select(0, paths.slot_rows).reshape(B, R, *x.shape[2:])
 
 
 def _ego_box(ego: VehicleState, dims: Tensor) -> Tensor:
@@ -148,14 +162,17 @@ def _ego_box(ego: VehicleState, dims: Tensor) -> Tensor:
 
 
 def _collisions(static: SimStatic, ego: VehicleState, agents: Tensor, valid: Tensor, ego_valid: Tensor
-                ) -> tuple[Tensor, Tensor]:
+                ) -> tuple[Tensor, Tensor, SortedItems]:
     """Ego-agent overlaps, and in reactive mode overlaps of the reactive agents with any agent
-    (contacts between two log-replayed agents are the log's own)."""
+    (contacts between two log-replayed agents are the log's own); and the valid bodies sorted
+    along the sweep axis (the state's ``sorted_bodies``)."""
     batch = static.batch
-    boxes = torch.cat([_ego_box(ego, batch.ego_dims)[:, None],
-                       torch.cat([agents[..., :3], batch.agent_sizes], -1)], 1)
+    poses = torch.cat([_ego_box(ego, batch.ego_dims)[:, None, :3], agents[..., :3]], 1)
     body_valid = torch.cat([ego_valid[:, None], valid], 1)
-    return collision_flags(boxes, body_valid, static.collision_rows, static.collision_row_valid)
+    bodies = sort_items(body_valid, along(poses[..., :2], static.sweep.axis))
+    ego_hit, agent_hit = collision_flags(torch.cat([poses, static.body_sizes], -1), body_valid, static.collision_rows,
+                                         static.collision_row_valid, static.sweep, bodies)
+    return ego_hit, agent_hit, bodies
 
 
 class BuiltinSimulator:
@@ -190,15 +207,18 @@ class BuiltinSimulator:
         if cfg.agents == "idm":
             rows = torch.cat([rows, paths.index + 1], 1)
             row_valid = torch.cat([row_valid, paths.slot], 1)
+        valid_by_step = batch.agent_valid.transpose(1, 2).contiguous()
+        agents, valid = agent_model.log_states(batch, valid_by_step, start)
+        body_sizes = torch.cat([batch.ego_dims[:, None, :2], batch.agent_sizes], 1)
+        sweep = make_sweep(torch.cat([batch.ego[..., :2], agents[..., :2]], 1),
+                           torch.cat([batch.step_valid, valid], 1), body_sizes)
         static = SimStatic(
-            batch=batch, config=cfg, start=start, last=last, paths=paths,
-            valid_by_step=batch.agent_valid.transpose(1, 2).contiguous(),
+            batch=batch, config=cfg, start=start, last=last, paths=paths, valid_by_step=valid_by_step,
             gains=GainTable.build(batch.dt, batch.ego.dtype, str(dev)),
-            collision_rows=rows, collision_row_valid=row_valid,
+            collision_rows=rows, collision_row_valid=row_valid, body_sizes=body_sizes, sweep=sweep,
         )
         ego = _ego_from_log(batch, start)
-        agents, valid = agent_model.log_states(batch, static.valid_by_step, start)
-        ego_hit, agent_hit = _collisions(static, ego, agents, valid, torch.ones(B, dtype=torch.bool, device=dev))
+        ego_hit, agent_hit, bodies = _collisions(static, ego, agents, valid, torch.ones(B, dtype=torch.bool, device=dev))
         agent_s = agent_model.path_length_at(static.paths, start)
         agent_speed = agent_model.logged_speed(static.paths, start)
         if cfg.agents == "idm":
@@ -208,7 +228,7 @@ class BuiltinSimulator:
         return SimState(
             step=0, t=start, ego=ego, agents=agents, agent_valid=valid,
             agent_s=agent_s, agent_speed=agent_speed, agent_curvature=curvature,
-            ego_collision=ego_hit, agent_collision=agent_hit, plan=None, static=static,
+            ego_collision=ego_hit, agent_collision=agent_hit, sorted_bodies=bodies, plan=None, static=static,
         )
 
     def set_plan(self, state: SimState, trajectory: Trajectory) -> SimState:
@@ -250,12 +270,11 @@ class BuiltinSimulator:
             agents, agent_s, agent_speed, curvature = self._react(state, ego, log_next, valid_next, s_log, v_log)
         else:
             agents, agent_s, agent_speed, curvature = log_next, s_log, v_log, state.agent_curvature
-        agents = agents * valid_next[..., None]
-        ego_hit, agent_hit = _collisions(static, new_ego, agents, valid_next, t_next <= static.last)
+        ego_hit, agent_hit, bodies = _collisions(static, new_ego, agents, valid_next, t_next <= static.last)
         return SimState(
             step=state.step + 1, t=t_next, ego=new_ego, agents=agents, agent_valid=valid_next,
             agent_s=agent_s, agent_speed=agent_speed, agent_curvature=curvature,
-            ego_collision=ego_hit, agent_collision=agent_hit, plan=state.plan, static=static,
+            ego_collision=ego_hit, agent_collision=agent_hit, sorted_bodies=bodies, plan=state.plan, static=static,
         )
 
     def _react(self, state: SimState, ego: VehicleState, log_next: Tensor, valid_next: Tensor, s_log: Tensor,
@@ -265,28 +284,28 @@ class BuiltinSimulator:
         step. Obstacles: the ego and every valid agent, as they are now."""
         static, batch = state.static, state.static.batch
         paths = static.paths
-        index = paths.index
         box, ego5 = _ego_box(ego, batch.ego_dims), ego.state5()
         ego_body = torch.cat([box[:, :3], ego5[:, 3:5]], 1)  # box centre, yaw, velocity
         bodies = torch.cat([ego_body[:, None], state.agents], 1)  # [B, 1 + N, 5]
-        body_sizes = torch.cat([batch.ego_dims[:, None, :2], batch.agent_sizes], 1)
         body_valid = torch.cat([(state.t <= static.last)[:, None], state.agent_valid], 1)
-        present = paths.slot & _slots(state.agent_valid, index)
+        present = paths.slot & _slots(state.agent_valid, paths)
         pressure = agent_model.leader_pressure(
-            _slots(state.agents, index)[..., :3], _slots(batch.agent_sizes, index), state.agent_speed,
-            state.agent_curvature, present, bodies, body_sizes, body_valid, self.idm,
+            _slots(state.agents, paths)[..., :3], _slots(batch.agent_sizes, paths), state.agent_speed,
+            state.agent_curvature, present, bodies, static.body_sizes, body_valid, self.idm, static.sweep,
+            state.sorted_bodies,
         )
         v_now = agent_model.logged_speed(paths, state.t)
         speed, dist = agent_model.idm_speed_update(state.agent_speed, v_now, v_log, pressure, self.idm, batch.dt)
-        driven = present & _slots(valid_next, index)  # present now and next: keeps its IDM state
+        driven = present & _slots(valid_next, paths)  # present now and next: keeps its IDM state
         s_next = torch.where(driven, state.agent_s + dist, s_log)
         v_next = torch.where(driven, speed, v_log)
         pose, curvature = _path_pose_and_curvature(paths, s_next)
         idm_states = torch.cat([pose, (v_next * torch.cos(pose[..., 2]))[..., None],
                                 (v_next * torch.sin(pose[..., 2]))[..., None]], -1)
-        slot_states = torch.where(driven[..., None], idm_states, _slots(log_next, index))
-        # Slots name distinct agents, so scattering them back is exact (padding slots write the log).
-        agents = log_next.scatter(1, index[..., None].expand(-1, -1, 5), slot_states)
+        slot_states = torch.where(driven[..., None], idm_states, _slots(log_next, paths))
+        # Slots name distinct agents, so copying them back is exact (padding slots write the log).
+        B, N, _ = log_next.shape
+        agents = log_next.reshape(B * N, 5).index_copy(0, paths.slot_rows, slot_states.reshape(-1, 5)).reshape(B, N, 5)
         return agents, s_next, v_next, curvature * paths.slot[..., None]
 
     # ------------------------------------------------------------------ driver interface

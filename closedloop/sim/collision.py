@@ -10,20 +10,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from av.checks import bounding_radius, box_overlap
+from av.checks import box_overlap
 from closedloop.sim.agents import take_rows
-from closedloop.sim.pairs import nearby_pairs
+from closedloop.sim.pairs import SortedItems, Sweep, along, nearby_pairs, sort_items
 
 
-def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Tensor) -> Tensor:
+def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Tensor, sweep: Sweep,
+                      sorted_boxes: SortedItems | None = None) -> Tensor:
     """Overlapping pairs among ``M`` boxes per scenario that involve at least one "row" box.
 
     ``boxes`` ``[B, M, 5]``, ``valid`` bool ``[B, M]``; ``rows`` long ``[B, R]``: the boxes tested
     against every other box (distinct within a scenario), ``row_valid`` bool ``[B, R]`` (padding
     slots False). Each pair once: a box that is itself a row pairs only with the rows before it.
+    ``sweep``: the broad phase's axis and the boxes' bounding radii
+    (:func:`~closedloop.sim.pairs.make_sweep` of these boxes); ``sorted_boxes``: the valid boxes
+    sorted along it (:func:`~closedloop.sim.pairs.sort_items`; sorted here when not given).
 
     Candidates are listed sparsely by sort-and-sweep (:func:`~closedloop.sim.pairs.nearby_pairs`):
-    each valid row box against the valid boxes of its scenario within reach along x, so the work
+    each valid row box against the valid boxes of its scenario within reach along the scenario's
+    sweep axis (x or y), so the work
     follows the valid boxes near each other, not the padding; bounding circles, then the
     separating axes on the survivors.
     Returns long ``[P, 3]`` rows ``(b, i, j)``, ``i < j``, each pair once, in lexicographic order.
@@ -37,17 +42,19 @@ def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Ten
         live.reshape(-1).nonzero().squeeze(1))
     flat = boxes.reshape(B * M, 5)
     b_row = row_flat.div(M, rounding_mode="floor")
-    # Reach along x: the row's bounding radius plus a bound on its scenario's (longest, widest box).
-    radius_max = bounding_radius(torch.stack([boxes[..., 3].amax(1), boxes[..., 4].amax(1)], -1))
-    row_box = take_rows(flat, row_flat)
-    k, col = nearby_pairs(b_row, row_box[:, 0], bounding_radius(row_box[:, 3:5]) + radius_max.take(b_row), valid,
-                          boxes[..., 0])
+    # Reach along the axis: the row's bounding radius plus the bound on its scenario's.
+    radius = sweep.body_radius.reshape(-1)
+    u = along(boxes[..., :2], sweep.axis)
+    if sorted_boxes is None:
+        sorted_boxes = sort_items(valid, u)
+    k, col = nearby_pairs(b_row, u.reshape(-1).take(row_flat), radius.take(row_flat) + sweep.radius.take(b_row),
+                          sorted_boxes)
     row = row_flat.take(k)
     is_row = torch.zeros(B, M, dtype=torch.bool, device=rows.device).scatter_(1, rows, row_valid).reshape(-1)
     keep = ((col != row) & ((col > row) | ~is_row.take(col))).nonzero().squeeze(1)
     row, col = row.take(keep), col.take(keep)
-    a, o = take_rows(flat, row), take_rows(flat, col)
-    close = (o[:, :2] - a[:, :2]).square().sum(-1) <= (bounding_radius(a[:, 3:5]) + bounding_radius(o[:, 3:5])).square()
+    xy = flat[:, :2]
+    close = (take_rows(xy, col) - take_rows(xy, row)).square().sum(-1) <= (radius.take(row) + radius.take(col)).square()
     keep = close.nonzero().squeeze(1)
     lo, hi = torch.minimum(row, col).take(keep), torch.maximum(row, col).take(keep)
     if lo.numel() == 0:
@@ -58,16 +65,18 @@ def overlapping_pairs(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Ten
     return pairs[torch.argsort(lo * M + hi % M)]
 
 
-def collision_flags(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Tensor) -> tuple[Tensor, Tensor]:
+def collision_flags(boxes: Tensor, valid: Tensor, rows: Tensor, row_valid: Tensor, sweep: Sweep,
+                    sorted_boxes: SortedItems | None = None) -> tuple[Tensor, Tensor]:
     """Per-agent overlap flags for the ego (box 0) and ``N`` agents (boxes ``1..N``).
 
     ``boxes`` ``[B, 1 + N, 5]``, ``valid`` ``[B, 1 + N]``; ``rows``/``row_valid`` the boxes tested
-    against all others (see :func:`overlapping_pairs`; ``rows`` holding only box 0 tests the ego alone). Returns
+    against all others, ``sweep`` and ``sorted_boxes`` (see :func:`overlapping_pairs`; ``rows`` holding only box 0
+    tests the ego alone). Returns
     ``(ego_hit [B, N], agent_hit [B, N])``: agent ``n`` overlaps the ego; agent ``n`` overlaps
     another agent (in a tested pair).
     """
     B, M, _ = boxes.shape
-    pairs = overlapping_pairs(boxes, valid, rows, row_valid)
+    pairs = overlapping_pairs(boxes, valid, rows, row_valid, sweep, sorted_boxes)
     ego_hit = torch.zeros(B, M, dtype=torch.bool, device=boxes.device)
     agent_hit = torch.zeros(B, M, dtype=torch.bool, device=boxes.device)
     if pairs.shape[0]:
