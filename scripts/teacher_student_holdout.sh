@@ -16,10 +16,13 @@ av scenarios variants --store "$OUT/train" --out "$OUT/train_var" --per-scenario
 av scenarios variants --store "$OUT/holdout" --out "$OUT/holdout_var" --per-scenario 7 --seed 1
 
 av train teacher --store "$OUT/train_var" --out "$OUT/run" --val-scenes "$VAL" --max-epochs 11 --no-progress
+# the distillation loss keeps its defaults: teacher's plan 0.3, its scores 1.0, the logged drive 1.0
 av distill --teacher "$OUT/run/teacher.ckpt" --store "$OUT/train_var" --out "$OUT/run" --val-scenes "$VAL" \
-    --stride 4 --max-epochs 15 --lr 1e-3 --weight-decay 0.01 --no-progress
+    --stride 4 --max-epochs 15 --lr 1e-3 --weight-decay 0.01 --seed "${SEED:-0}" --no-progress
 
 EVAL=(--store "$OUT/holdout_var" --out "$OUT/eval" --agents log,idm --threads 1 --worst 0 --no-progress --no-report)
 av closedloop eval "${EVAL[@]}" --planner pdm_closed,idm,constant_velocity,log_replay
 av closedloop eval "${EVAL[@]}" --planner teacher --checkpoint "$OUT/run/teacher.ckpt"
-av closedloop eval "${EVAL[@]/--no-report/--report}" --planner student --checkpoint "$OUT/run/student.ckpt"
+av export onnx --checkpoint "$OUT/run/student.ckpt" --out "$OUT/run/student.onnx" --store "$OUT/holdout"
+av closedloop eval "${EVAL[@]/--no-report/--report}" --planner student,onnx \
+    --planner-arg "student:checkpoint=$OUT/run/student.ckpt" --planner-arg "onnx:model=$OUT/run/student.onnx"
