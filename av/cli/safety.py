@@ -452,16 +452,22 @@ def safety_stage(stores: list[Path], eval_dir: Path | None, out: Path, seed: int
     return summary
 
 
+def _evidence_args(p: argparse.ArgumentParser) -> None:
+    """The arguments ``trace`` and ``report`` share: records, tests and their results, eval run."""
+    p.add_argument("--records", default=None, help="records directory (default: the project's safety/requirements)")
+    p.add_argument("--tests", default=None, help="tests directory scanned for @pytest.mark.req (default: the project's)")
+    p.add_argument("--junit", default=None, help="JUnit XML of the latest test run (pytest --junitxml)")
+    p.add_argument("--run-tests", action="store_true", help="run the req-marked tests now and use their results")
+    p.add_argument("--structure-only", action="store_true",
+                   help="records and declarations only, without test results (their evidence stays open)")
+    p.add_argument("--eval", default=None, metavar="RUN_DIR", help="closed-loop eval run to check metric thresholds")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("safety", help="requirement traceability, monitor diversity, safety case")
     cmds = p.add_subparsers(dest="safety_command", metavar="COMMAND", required=True)
     t = cmds.add_parser("trace", help="traceability matrix both ways; exits 1 on any gap")
-    t.add_argument("--records", default=None, help="records directory (default: the project's safety/requirements)")
-    t.add_argument("--tests", default=None, help="tests directory scanned for @pytest.mark.req (default: the project's)")
-    t.add_argument("--junit", default=None, help="JUnit XML of the latest test run (pytest --junitxml)")
-    t.add_argument("--run-tests", action="store_true", help="run the req-marked tests now and use their results")
-    t.add_argument("--structure-only", action="store_true", help="check records and declarations without results")
-    t.add_argument("--eval", default=None, metavar="RUN_DIR", help="closed-loop eval run to check metric thresholds")
+    _evidence_args(t)
     t.add_argument("--out", default="runs/safety/trace", help="output directory (default: runs/safety/trace)")
     t.set_defaults(func=_trace)
     d = cmds.add_parser("diversity", help="monitor overlap, dependent failures, hazard coverage (exit 1 if uncovered)")
@@ -486,12 +492,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--out", default="runs/safety/inject", help="output directory (default: runs/safety/inject)")
     i.set_defaults(func=_inject)
     r = cmds.add_parser("report", help="HTML safety case: claims -> arguments -> evidence (run, date, result)")
-    r.add_argument("--records", default=None, help="records directory (default: the project's)")
-    r.add_argument("--tests", default=None, help="tests directory (default: the project's)")
-    r.add_argument("--junit", default=None, help="JUnit XML of the latest test run")
-    r.add_argument("--run-tests", action="store_true", help="run the req-marked tests now")
-    r.add_argument("--structure-only", action="store_true", help="no test results (their evidence stays open)")
-    r.add_argument("--eval", default=None, metavar="RUN_DIR", help="closed-loop eval run for the metric thresholds")
+    _evidence_args(r)
     r.add_argument("--catches", default=None, help="fault-injection catch file (JSON) for the diversity evidence")
     r.add_argument("--code-evidence", default=None,
                    help="code_evidence.json of av safety evidence (lint, types, coverage)")
