@@ -34,7 +34,8 @@ class FinetuneConfig:
     from_best: bool = field(default=True, metadata={
         "help": "each iteration fine-tunes the best student so far (CLS on the training drives and hard "
                 "variants, iteration 0 included) rather than the last one"})
-    fail_below: float = field(default=0.5, metadata={"help": "a drive with CLS below this (either mode) is a failure"})
+    fail_below: float = field(default=0.9, metadata={
+        "help": "a drive with CLS below this (either mode) is a failure: it gets variants (hard examples)"})
     hardest: int = field(default=4, metadata={"help": "failed drives that get variants, per iteration"})
     per_failure: int = field(default=2, metadata={"help": "variants mined around each failed drive"})
     gifs: int = field(default=4, metadata={

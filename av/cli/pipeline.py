@@ -5,7 +5,8 @@ Stages: ``data`` (synthesize the default dataroot unless ``--dataroot`` is given
 variants of every scenario, with provenance) -> ``adversarial`` (variants that lower the IDM
 planner's CLS-NR while PDM-Closed still solves them) -> ``teacher`` (``av train teacher`` on
 the drives and their variants) -> ``distill`` (``av distill``: the student) -> ``finetune``
-(``av closedloop train``: a short closed-loop fine-tuning of the student, its report) -> ``export``
+(``av closedloop train``: a short closed-loop fine-tuning of the student, its report; from here on
+"the student" is its best iteration by the training drives' scores) -> ``export``
 (``av export onnx``: the student as ONNX with its parity-checked manifest) -> ``eval`` (every
 baseline planner, the teacher and the student in closed loop with log-replay and reactive
 agents: results, summary, HTML report) -> ``safety`` (closed-loop fault injection over the
@@ -291,8 +292,7 @@ def _learned(out: Path, args: argparse.Namespace, store: Path, variants: Path
              "--max-epochs", str(args.student_epochs), *common]
     stage(out, "distill", [student], {**data, "teacher": file_digest(teacher_ckpt), "epochs": args.student_epochs,
                                       "labeller": args.labeller}, args.force, lambda: _cli(argv2))
-    student_ckpt = student / "student.ckpt"
-    _finetune(out, args, store, teacher_ckpt, student_ckpt)
+    student_ckpt = _finetune(out, args, store, teacher_ckpt, student / "student.ckpt")
 
     argv3 = ["export", "onnx", "--checkpoint", str(student_ckpt), "--out", str(export / "student.onnx"),
              "--store", str(store), "--seed", str(args.seed)]
@@ -308,13 +308,18 @@ FINETUNE_ARGS = ("--plan-every", "10", "--eval-plan-every", "2", "--label-stride
                  "--hardest", "1", "--per-failure", "1", "--gifs", "1", "--teacher-search-steps", "20")
 
 
-def _finetune(out: Path, args: argparse.Namespace, store: Path, teacher_ckpt: Path, student_ckpt: Path) -> None:
+def _finetune(out: Path, args: argparse.Namespace, store: Path, teacher_ckpt: Path, student_ckpt: Path) -> Path:
     """Stage ``finetune``: ``av closedloop train`` of the distilled student on the drives (the last
-    scene held out) into ``OUT/finetune`` (``report.html``, ``iter-NNN/student.ckpt``)."""
+    scene held out) into ``OUT/finetune`` (``report.html``, ``iter-NNN/student.ckpt``). Returns
+    the student the later stages use: the run's best iteration (chosen by the training drives'
+    and hard variants' CLS, never the held-out drive's), the distilled one where that is
+    iteration 0 or the stage is off."""
+    import json
+
     from av.keys import file_digest, tree_digest
 
     if args.finetune_iterations == 0:
-        return
+        return student_ckpt
     run = out / "finetune"
     argv = ["closedloop", "train", "--teacher", str(teacher_ckpt), "--student", str(student_ckpt), "--store", str(store),
             "--out", str(run), "--iterations", str(args.finetune_iterations), "--seed", str(args.seed),
@@ -323,6 +328,8 @@ def _finetune(out: Path, args: argparse.Namespace, store: Path, teacher_ckpt: Pa
                                    "student": file_digest(student_ckpt), "iterations": args.finetune_iterations,
                                    "seed": args.seed, "settings": list(FINETUNE_ARGS)}, args.force,
           lambda: _cli(argv))
+    best = int(json.loads((run / "report.json").read_text())["best_iteration"])
+    return run / f"iter-{best:03d}" / "student.ckpt" if best > 0 else student_ckpt
 
 
 def _print_summary(evaldir: Path, n: int) -> None:
