@@ -355,8 +355,8 @@ def finetune_student(start: str, states: dict[str, Tensor], out: Path, config: F
     head = {k: v for k, v in read_checkpoint(start)["state_dict"].items() if k.startswith("score_head.")}
     if head:
         system.load_state_dict(head, strict=False)
-    trainer = TrainerConfig(max_epochs=config.epochs, seed=seed, accelerator="cpu", devices="1",
-                            progress=False, resume=True)
+    trainer = TrainerConfig(max_epochs=config.epochs, seed=seed, accelerator=config.accelerator, devices=config.devices,
+                            num_nodes=config.num_nodes, strategy=config.strategy, progress=False, resume=True)
     final, _ = fit(system, StatesDataModule(states, config.batch_size, seed), out, "student", trainer)
     return final
 

@@ -48,6 +48,10 @@ class FinetuneConfig:
         "help": "run shards as Ray tasks: 'local' starts a local cluster, or a Ray address; empty: in-process"})
     ray_cpus: int = field(default=2, metadata={"help": "CPUs of the local Ray cluster"})
     max_retries: int = field(default=3, metadata={"help": "reruns of a Ray task whose worker died"})
+    accelerator: str = field(default="cpu", metadata={"help": "Lightning accelerator of the fine-tuning: cpu, gpu, ..."})
+    devices: str = field(default="1", metadata={"help": "Lightning devices of the fine-tuning: a count or ids like 0,1"})
+    num_nodes: int = field(default=1, metadata={"help": "machines of the fine-tuning (Lightning DDP)"})
+    strategy: str = field(default="auto", metadata={"help": "Lightning strategy of the fine-tuning: auto, ddp, ..."})
     progress: bool = field(default=True, metadata={"help": "progress lines and bars"})
 
     def validate(self) -> "FinetuneConfig":

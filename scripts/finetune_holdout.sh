@@ -13,3 +13,10 @@ OUT="${2:-runs/finetune-holdout}"
 av closedloop train --teacher "$RUN/run/teacher.ckpt" --student "$RUN/run/student.ckpt" \
     --store "$RUN/train" --store "$RUN/holdout" --heldout-scenes scene-0553,scene-1094 --out "$OUT" \
     --iterations 3 --plan-every 5 --label-stride 10 --fail-below 0.9 --hardest 4 --per-failure 2 --gifs 2
+
+# The fine-tuned student (the run's best iteration, chosen on the training drives and hard variants)
+# on the held-out scenes' 16 scenarios, as the distilled one was evaluated, PyTorch and ONNX.
+BEST=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['best_student'])" "$OUT/report.json")
+av export onnx --checkpoint "$BEST" --out "$OUT/student.onnx" --store "$RUN/holdout"
+av closedloop eval --store "$RUN/holdout_var" --out "$OUT/eval" --agents log,idm --threads 1 --worst 0 --no-progress \
+    --planner student,onnx --planner-arg "student:checkpoint=$BEST" --planner-arg "onnx:model=$OUT/student.onnx"
