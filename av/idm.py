@@ -67,8 +67,11 @@ def _root(params: IDMParameters) -> Value:
 
 
 def desired_gap(speed: Tensor, lead_speed: Tensor | float, params: IDMParameters) -> Tensor:
-    """IDM's desired gap ``s*`` ``[...]`` (m) at ``speed`` behind a leader at ``lead_speed`` (m/s)."""
-    return params.min_gap + (speed * params.headway + speed * (speed - lead_speed) / _root(params)).clamp_min(0.0)
+    """IDM's desired gap ``s*`` ``[...]`` (m) at ``speed`` behind a leader at ``lead_speed`` (m/s).
+
+    The ``max(0, ...)`` is a ``relu`` (no Max operator), so that the student network's
+    car-following prior (:mod:`av.nets.route_frame`) exports to ONNX float16 with it."""
+    return params.min_gap + torch.relu(speed * params.headway + speed * (speed - lead_speed) / _root(params))
 
 
 def interaction(speed: Tensor, lead_speed: Tensor | float, gap: Tensor, params: IDMParameters) -> Tensor:

@@ -23,6 +23,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from av.idm import desired_gap
+
 ACCEL_LIMIT = 5.0  # m/s^2; |longitudinal acceleration| the decoder can express
 ACCEL_UP = 2.0  # m/s^2; most the network may add to the car-following prior's acceleration
 OFFSET_LIMIT = 4.0  # m; |lateral offset| from the prior the decoder can express
@@ -39,9 +41,9 @@ SNAP_DISTANCE = 0.5  # m; route coordinates blend segments whose distances diffe
 
 @dataclass(frozen=True)
 class FollowLaw:
-    """The car-following prior's IDM parameters (:mod:`av.idm`; the ego planners' defaults):
-    maximum acceleration a (m/s^2), comfortable deceleration b (m/s^2), standstill gap s0 (m)
-    and time headway T (s)."""
+    """The car-following prior's IDM parameters (an :class:`av.idm.IDMParameters`; the ego
+    planners' defaults): maximum acceleration a (m/s^2), comfortable deceleration b (m/s^2),
+    standstill gap s0 (m) and time headway T (s)."""
 
     accel: float = 1.0
     decel: float = 3.0
@@ -132,16 +134,14 @@ def follow_distances(push: Tensor, desired: Tensor, v0: Tensor, leaders: Leaders
     With no leader in the path and ``desired == v0`` a zero ``push`` keeps the speed.
     """
     law = FOLLOW
-    root = 2.0 * math.sqrt(law.accel * law.decel)
     v = torch.relu(v0)
     travelled = torch.zeros_like(v)
     distances = []
     for k in range(push.shape[1]):
         gap = leaders.gap + leaders.speed * (k * dt) - travelled[:, None]
         gap = GAP_FLOOR + torch.relu(gap - GAP_FLOOR)
-        wanted = law.min_gap + torch.relu(v[:, None] * law.headway + v[:, None] * (v[:, None] - leaders.speed) / root)
-        ratio = RATIO_LIMIT * torch.tanh(wanted / gap / RATIO_LIMIT)
-        interaction = (ratio.square() * leaders.weight[:, k]).amax(1) if leaders.gap.shape[1] else torch.zeros_like(v)
+        ratio = RATIO_LIMIT * torch.tanh(desired_gap(v[:, None], leaders.speed, law) / gap / RATIO_LIMIT)
+        interaction = (ratio.square() * leaders.weight[:, k]).amax(1)
         accel = law.accel * (1.0 - (v / desired) ** 4 - interaction) + push[:, k]
         accel = _clamp(accel, ACCEL_LIMIT)
         v_next = torch.relu(v + accel * dt)
@@ -155,9 +155,10 @@ def follow_distances(push: Tensor, desired: Tensor, v0: Tensor, leaders: Leaders
 
 
 def no_leaders(batch: int, horizon: int, like: Tensor) -> Leaders:
-    """An empty :class:`Leaders` (free road) for ``batch`` problems and ``horizon`` steps."""
-    empty = like.new_zeros(batch, 0)
-    return Leaders(empty, empty, like.new_zeros(batch, horizon, 0))
+    """:class:`Leaders` of a free road for ``batch`` problems and ``horizon`` steps: one slot,
+    never in the path."""
+    one = like.new_zeros(batch, 1)
+    return Leaders(one, one, like.new_zeros(batch, horizon, 1))
 
 
 def decode_along_route(raw: Tensor, ego: Tensor, route: Tensor, route_mask: Tensor, horizon: int,

@@ -6,7 +6,7 @@ concatenation to a desired speed and, per output step, an acceleration and a lat
 along the observed route (:mod:`av.nets.route_frame`): the small network learns how fast and how
 far off centre to drive, the route it sees gives the road's shape, and a car-following prior (IDM
 behind the agents observed in the ego's path, :func:`~av.nets.route_frame.follow_distances`) keeps
-the gap to a leader unless the network asks for more braking. For the same reason every agent (and the
+the gap to a leader unless the network asks for more braking. Every agent (and the
 ego) is also described in route coordinates computed inside the network from the observed
 features: arc length ahead, lateral offset, velocity along and across the route, heading relative
 to it, so "who is in my path, how far, how fast" is one input column away. Tensor in, tensor out:
@@ -67,21 +67,21 @@ def route_view(ego: Tensor, agents: Tensor, agent_mask: Tensor, route: Tensor, r
     ego_route = torch.cat([d_ego / 5.0, u_ego[:, :1], -u_ego[:, 1:]], -1)  # ego heading is +x
     h, v = agents[..., 2:4], agents[..., 4:6]
     seen = agents[..., 6]
-    v_along = (v * u).sum(-1)
-    agent_route = torch.stack([s / 30.0, d / 5.0, v_along / 10.0, _cross(u, v) / 10.0,
-                               (h * u).sum(-1), _cross(u, h)], -1) * seen[..., None]
+    v_along, v_across = (v * u).sum(-1), _cross(u, v)
+    h_cos, h_sin = (h * u).sum(-1), _cross(u, h)  # heading relative to the route
+    agent_route = torch.stack([s / 30.0, d / 5.0, v_along / 10.0, v_across / 10.0, h_cos, h_sin], -1) * seen[..., None]
     # Leaders, as the ego planners choose them (closedloop.planners.common.idm_rollout): the box
     # reaches within LANE_HALF_WIDTH of the route, the centre is ahead of the rear axle, and an
     # agent beside the ego counts only where its box reaches into the ego's own width.
     length, width = agents[..., -(2 + NUM_AGENT_TYPES)], agents[..., -(1 + NUM_AGENT_TYPES)]
-    cos, sin = (h * u).sum(-1).abs(), _cross(u, h).abs()
+    cos, sin = h_cos.abs(), h_sin.abs()
     half_lon, half_lat = 0.5 * (cos * length + sin * width), 0.5 * (sin * length + cos * width)
     front = ego[:, 7:8] + 0.5 * ego[:, 4:5]  # rear axle to front bumper (m)
     ahead = s - s_ego[:, None]
     gap = ahead - half_lon - front
     t = torch.arange(horizon, dtype=agents.dtype, device=agents.device) * dt  # start of each step
     lookahead = LATERAL_LOOKAHEAD - torch.relu(LATERAL_LOOKAHEAD - t)  # min(t, LATERAL_LOOKAHEAD)
-    d_then = d[:, None] + _cross(u, v)[:, None] * lookahead[None, :, None]  # [B, H, N]
+    d_then = d[:, None] + v_across[:, None] * lookahead[None, :, None]  # [B, H, N]
     # In the path now, or entering it by the extrapolation (one in the path stays a leader: the
     # ego does not start on the guess that it will have left).
     in_path = (d_then.abs() - half_lat[:, None] < LANE_HALF_WIDTH) | (d.abs() - half_lat < LANE_HALF_WIDTH)[:, None]
