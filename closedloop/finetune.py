@@ -476,12 +476,12 @@ def finetune(stores: Sequence[str], student: str, teacher: dict[str, Any], out: 
         (again if f["scenario_id"] in seen else first).append(f)
         seen.add(f["scenario_id"])
     fixed = first + again
-    drawn = render_fixed(run, fixed[:config.gifs], by_id, {0: student, last: _student_of(run, last, student)}, config)
+    drawn = render_fixed(run, fixed[:config.gifs], by_id, {0: student, last: student_of(run, last, student)}, config)
     fixed = drawn + [{**f, "gifs": []} for f in fixed[config.gifs:]]
     report = {"schema_version": SCHEMA_VERSION, "train_scenarios": len(train), "heldout_scenarios": len(heldout),
               "heldout_scenes": list(held), "hard_variants": len(hard), "iterations": history,
-              "final_student": _student_of(run, last, student), "best_iteration": best["iteration"],
-              "best_student": _student_of(run, best["iteration"], student), "fixed_failures": fixed}
+              "final_student": student_of(run, last, student), "best_iteration": best["iteration"],
+              "best_student": student_of(run, best["iteration"], student), "fixed_failures": fixed}
     atomic_write_json(run / "report.json", report)
     write_report(run, report)
     return report
@@ -539,7 +539,9 @@ def _best(history: list[dict[str, Any]]) -> dict[str, Any]:
     return max(history, key=lambda h: (_selection_score(h), -h["iteration"]))
 
 
-def _student_of(run: Path, iteration: int, start_student: str) -> str:
+def student_of(run: Path, iteration: int, start_student: str) -> str:
+    """The checkpoint of ``iteration`` of the fine-tuning run ``run``: its ``student.ckpt``, or
+    ``start_student`` for iteration 0 (which only evaluates the starting student)."""
     return str(_iter_dir(run, iteration) / "student.ckpt") if iteration else start_student
 
 
@@ -572,7 +574,7 @@ def _run_iteration(run: Path, i: int, train: list[Scenario], heldout: list[Scena
         checkpoint = start_student
     else:
         start = _best(history) if config.from_best else history[-1]
-        previous = _student_of(run, start["iteration"], start_student)
+        previous = student_of(run, start["iteration"], start_student)
         pool = sorted([*train, *pool_variants], key=lambda s: s.id)
         entry = _load_states(work / "states.pt")
         if entry is None:

@@ -317,6 +317,7 @@ def _finetune(out: Path, args: argparse.Namespace, store: Path, teacher_ckpt: Pa
     import json
 
     from av.keys import file_digest, tree_digest
+    from closedloop.finetune import student_of
 
     if args.finetune_iterations == 0:
         return student_ckpt
@@ -329,7 +330,7 @@ def _finetune(out: Path, args: argparse.Namespace, store: Path, teacher_ckpt: Pa
                                    "seed": args.seed, "settings": list(FINETUNE_ARGS)}, args.force,
           lambda: _cli(argv))
     best = int(json.loads((run / "report.json").read_text())["best_iteration"])
-    return run / f"iter-{best:03d}" / "student.ckpt" if best > 0 else student_ckpt
+    return Path(student_of(run, best, str(student_ckpt)))
 
 
 def _print_summary(evaldir: Path, n: int) -> None:
